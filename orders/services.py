@@ -1,0 +1,177 @@
+"""Writes to customers and orders.
+
+Status changes are compare-and-set updates (``filter(status__in=...).update(...)``): two
+callers racing on one order cannot both move it, and repeating a transition is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from inventory.exceptions import UnknownProduct
+from inventory.selectors import product_prices
+from orders.exceptions import (
+    CreditLimitExceeded,
+    CustomerInactive,
+    CustomerNotFound,
+    OrderStateError,
+    PointsExceedOrderValue,
+)
+from orders.models import Customer, Order, OrderLine
+from points.selectors import points_value
+
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class OrderItemIn:
+    sku: str
+    quantity: int
+
+
+@transaction.atomic
+def customer_create(
+    *, name: str, email: str, credit_limit: Decimal = Decimal("0"), active: bool = True
+) -> Customer:
+    """Create a customer. Idempotent on ``email``: an existing customer is returned unchanged."""
+    customer, _ = Customer.objects.get_or_create(
+        email=email.lower(),
+        defaults={"name": name, "credit_limit": credit_limit, "active": active},
+    )
+    return customer
+
+
+def customer_validate(*, customer_id: int, amount: Decimal) -> Customer:
+    """Check the customer may order ``amount``: active and within the credit limit."""
+    customer = Customer.objects.filter(pk=customer_id).first()
+    if customer is None:
+        raise CustomerNotFound(customer_id=customer_id)
+    if not customer.active:
+        raise CustomerInactive(customer_id=customer_id)
+    if amount > customer.credit_limit:
+        raise CreditLimitExceeded(
+            customer_id=customer_id,
+            amount=str(amount),
+            credit_limit=str(customer.credit_limit),
+        )
+    return customer
+
+
+@transaction.atomic
+def order_place(
+    *,
+    customer_id: int,
+    items: Sequence[OrderItemIn],
+    payment_method: str,
+    request_key: str,
+    points_to_use: int = 0,
+    placed_by_id: int | None = None,
+) -> Order:
+    """Record an order with the catalogue's current prices snapshotted on its lines.
+
+    Idempotent on ``request_key`` (unique): a replay returns the first order untouched.
+    Prices and totals come from the catalogue; the caller never supplies them.
+    """
+    # Fast path for replays; the unique request_key below is what actually decides.
+    existing = Order.objects.filter(request_key=request_key).first()
+    if existing is not None:
+        return existing
+    if not Customer.objects.filter(pk=customer_id).exists():
+        raise CustomerNotFound(customer_id=customer_id)
+    skus = [item.sku for item in items]
+    if not skus:
+        raise ValueError("an order needs at least one line")
+    if len(set(skus)) != len(skus):
+        raise ValueError("an order lists each sku once")
+    catalogue = product_prices(skus=skus)
+    missing = sorted(set(skus) - set(catalogue))
+    if missing:
+        raise UnknownProduct(skus=missing)
+
+    lines = [
+        OrderLine(
+            sku=item.sku,
+            name=catalogue[item.sku].name,
+            unit_price=catalogue[item.sku].price,
+            quantity=item.quantity,
+            line_total=(catalogue[item.sku].price * item.quantity).quantize(CENT),
+        )
+        for item in items
+    ]
+    total = sum((line.line_total for line in lines), Decimal("0"))
+    value_of_points = points_value(points=points_to_use)
+    if value_of_points > total:
+        raise PointsExceedOrderValue(points=points_to_use, value=str(value_of_points))
+
+    try:
+        with transaction.atomic():
+            order = Order.objects.create(
+                customer_id=customer_id,
+                placed_by_id=placed_by_id,
+                request_key=request_key,
+                total=total,
+                points_used=points_to_use,
+                points_value=value_of_points,
+                amount_due=total - value_of_points,
+                currency=settings.CURRENCY,
+                payment_method=payment_method,
+            )
+    except IntegrityError:
+        # A concurrent placement under the same key won the insert.
+        return Order.objects.get(request_key=request_key)
+    for line in lines:
+        line.order = order
+    OrderLine.objects.bulk_create(lines)
+    return order
+
+
+def _order_transition(
+    *, order_id: int, to: str, allowed_from: Iterable[str], reason: str = ""
+) -> Order:
+    moved = Order.objects.filter(pk=order_id, status__in=list(allowed_from)).update(
+        status=to, status_reason=reason[:300], updated_at=timezone.now()
+    )
+    order = Order.objects.get(pk=order_id)
+    if not moved and order.status != to:
+        raise OrderStateError(order_id=order_id, status=order.status, wanted=to)
+    return order
+
+
+def order_await_payment(*, order_id: int) -> Order:
+    """PLACED → AWAITING_PAYMENT; a no-op when already there."""
+    return _order_transition(
+        order_id=order_id, to=Order.Status.AWAITING_PAYMENT, allowed_from=[Order.Status.PLACED]
+    )
+
+
+def order_mark_paid(*, order_id: int) -> Order:
+    """AWAITING_PAYMENT → PAID; a no-op when already paid."""
+    return _order_transition(
+        order_id=order_id, to=Order.Status.PAID, allowed_from=[Order.Status.AWAITING_PAYMENT]
+    )
+
+
+def order_cancel(*, order_id: int, reason: str) -> Order:
+    """Cancel an order that is not yet failed, recording why; a no-op when already cancelled."""
+    return _order_transition(
+        order_id=order_id,
+        to=Order.Status.CANCELLED,
+        allowed_from=[Order.Status.PLACED, Order.Status.AWAITING_PAYMENT, Order.Status.PAID],
+        reason=reason,
+    )
+
+
+def order_mark_failed(*, order_id: int, reason: str) -> Order:
+    """An order that never got paid ends FAILED with the reason."""
+    return _order_transition(
+        order_id=order_id,
+        to=Order.Status.FAILED,
+        allowed_from=[Order.Status.PLACED, Order.Status.AWAITING_PAYMENT],
+        reason=reason,
+    )
