@@ -1,6 +1,20 @@
+import sys
+
 from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
 
 
 class SagasConfig(AppConfig):
     name = "sagas"
     verbose_name = "Sagas"
+
+    def ready(self) -> None:
+        from sagas import checks  # noqa: F401  (registers the system checks)
+        from sagas.conf import saga_setting
+
+        # Every app's sagas.py registers its definitions, as admin.py registers admins.
+        autodiscover_modules("sagas")
+        if sys.argv[1:2] == ["qcluster"] and saga_setting("TIMER"):
+            from sagas.timer import timer_start
+
+            timer_start()

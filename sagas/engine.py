@@ -1,0 +1,918 @@
+"""The saga state machine: the only writer of SagaInstance.status and SagaStep rows.
+
+How a saga runs:
+
+- ``saga_start`` inserts the instance in the caller's transaction and enqueues ``run_saga``
+  after commit. A worker takes the lease (``sagas.leases``) and runs the steps one after
+  another in the same process: one broker round trip per saga, not per step.
+- A local step's business writes and its COMPLETED step row commit in one transaction. The
+  row is unique on (saga, step), so a second runner cannot complete the step twice: its
+  insert (or compare-and-set update) fails and its writes roll back.
+- A remote step is marked EXECUTING, called outside any transaction with the idempotency key
+  ``<saga id>:<step>``, then marked COMPLETED. Calling it again is safe: the remote side
+  dedupes on the key.
+- The step row is also the fence: compensating a step whose action never took effect records
+  an empty compensation, and an action that arrives after its compensation is refused.
+- Business errors (``DomainError``) compensate at once; other errors retry on the step's
+  policy. A retry that must wait sets ``wake_at`` and releases the worker; the timer hands the
+  saga back to a worker when it is due.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from l2c.errors import DomainError
+from sagas.conf import saga_setting
+from sagas.definitions import Saga, Step, StepContext
+from sagas.exceptions import LeaseLost, PreconditionFailed, StepAlreadyRecorded, StepTimeout
+from sagas.leases import lease_acquire, lease_forget, lease_release, new_owner
+from sagas.models import SagaEvent, SagaInstance, SagaStep
+from sagas.registry import registry
+from sagas.testing import fault_point
+
+logger = logging.getLogger("sagas.engine")
+
+Status = SagaInstance.Status
+StepStatus = SagaStep.Status
+Comp = SagaStep.Compensation
+Kind = SagaEvent.Kind
+
+_json = DjangoJSONEncoder()
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so Decimals and dates are stored as the text they print as."""
+    import json
+
+    return json.loads(_json.encode(value)) if value is not None else None
+
+
+# --- Starting -----------------------------------------------------------------------------
+
+
+def saga_start(
+    saga: Saga | str,
+    *,
+    data: Mapping[str, Any],
+    business_key: str = "",
+    correlation_id: str = "",
+    dedup_key: str | None = None,
+    version: int | None = None,
+    enqueue: bool = True,
+) -> SagaInstance:
+    """Create a saga instance in the caller's transaction; a worker runs it after commit.
+
+    ``dedup_key`` makes the start idempotent: the first instance under it is returned.
+    """
+    definition = _definition(saga, version)
+    now = timezone.now()
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                instance = SagaInstance.objects.create(
+                    definition=definition.name,
+                    version=definition.version,
+                    business_key=business_key,
+                    correlation_id=correlation_id,
+                    dedup_key=dedup_key,
+                    priority=int(definition.priority),
+                    tags=list(definition.tags),
+                    context=_jsonable(dict(data)),
+                    deadline=now + timedelta(seconds=definition.deadline),
+                )
+        except IntegrityError:
+            if dedup_key is None:
+                raise
+            return SagaInstance.objects.get(dedup_key=dedup_key)
+        SagaEvent.objects.create(
+            saga=instance, kind=Kind.STARTED, status=Status.STARTED, created_at=now
+        )
+        if enqueue:
+            transaction.on_commit(lambda: enqueue_run(instance.pk, definition.priority))
+    return instance
+
+
+def _definition(saga: Saga | str, version: int | None) -> Saga:
+    if isinstance(saga, Saga):
+        return saga
+    return registry.get(saga, version) if version else registry.latest(saga)
+
+
+def enqueue_run(saga_id: object, priority: int = 1) -> None:
+    """Hand a saga to the worker pool. Safe to call twice: the lease admits one runner."""
+    from django_q.tasks import async_task
+
+    from sagas.definitions import Priority
+
+    queues = saga_setting("PRIORITY_QUEUES")
+    cluster = queues.get(Priority(priority).name) if queues else None
+    options: dict[str, Any] = {"task_name": f"saga {saga_id}"}
+    if cluster:
+        options["cluster"] = cluster
+    async_task("sagas.tasks.run_saga", str(saga_id), q_options=options)
+
+
+# --- Running ------------------------------------------------------------------------------
+
+
+def saga_run(saga_id: object, *, owner: str | None = None) -> str | None:
+    """Run a saga as far as it can go now. Returns its status, or None when another runner
+    holds it (a duplicate delivery: nothing to do)."""
+    owner = owner or new_owner()
+    if not lease_acquire(saga_id, owner, saga_setting("LEASE_SECONDS")):
+        return None
+    try:
+        runner = _Runner(saga_id, owner)
+    except BaseException:
+        lease_release(saga_id, owner)
+        raise
+    try:
+        return runner.run()
+    except LeaseLost:
+        logger.warning("saga %s: lease lost to another runner; stopping", saga_id)
+        return None
+    finally:
+        if runner.released:
+            lease_forget(saga_id, owner)
+        else:
+            lease_release(saga_id, owner)
+
+
+class _Outcome:
+    DONE = "done"
+    WAIT = "wait"
+    GIVE_UP = "give_up"
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+    code: str
+    message: str
+    traceback: str
+    business: bool
+
+    @classmethod
+    def of(cls, error: BaseException) -> _Failure:
+        business = isinstance(error, DomainError)
+        code = error.code if business else type(error).__name__
+        return cls(
+            error=error,
+            code=code,
+            message=str(error) or type(error).__name__,
+            traceback="".join(traceback.format_exception(error))[-8000:],
+            business=business,
+        )
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise StepTimeout inside the step when it overruns; only the main thread can be
+    interrupted (a worker process runs tasks there), elsewhere the overrun is caught after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise StepTimeout(f"step ran past its {seconds:g} s timeout")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class _Runner:
+    def __init__(self, saga_id: object, owner: str):
+        self.saga_id = saga_id
+        self.owner = owner
+        self.released = False
+        self.instance = SagaInstance.objects.get(pk=saga_id)
+        self.definition = registry.get(self.instance.definition, self.instance.version)
+        # Each write renews the lease for long enough to cover the slowest step.
+        self.lease_seconds = max(
+            saga_setting("LEASE_SECONDS"),
+            max(step.timeout for step in self.definition.steps)
+            + saga_setting("LEASE_MARGIN_SECONDS"),
+        )
+        self.rows: dict[str, SagaStep] = {row.name: row for row in self.instance.steps.all()}
+
+    # -- bookkeeping helpers ----------------------------------------------------------------
+
+    def _update_saga(self, *, release: bool = False, **fields: Any) -> None:
+        """Update the saga row, fenced on our lease; raises LeaseLost when it was taken."""
+        now = timezone.now()
+        fields.setdefault("updated_at", now)
+        if release:
+            fields.update(lease_owner="", lease_expires_at=None)
+        else:
+            fields["lease_expires_at"] = now + timedelta(seconds=self.lease_seconds)
+        updated = SagaInstance.objects.filter(pk=self.saga_id, lease_owner=self.owner).update(
+            **fields
+        )
+        if not updated:
+            raise LeaseLost(str(self.saga_id))
+        for name, value in fields.items():
+            setattr(self.instance, name, value)
+        if release:
+            self.released = True
+
+    def _events(self, *events: SagaEvent) -> None:
+        for event in events:
+            event.saga_id = self.saga_id
+        SagaEvent.objects.bulk_create(events)
+
+    def _context(self, step: Step, attempt: int) -> StepContext:
+        results = {
+            name: row.output or {}
+            for name, row in self.rows.items()
+            if row.status == StepStatus.COMPLETED
+        }
+        return StepContext(
+            saga_id=str(self.saga_id),
+            step=step.name,
+            key=f"{self.saga_id}:{step.name}",
+            data=self.instance.context,
+            results=results,
+            attempt=attempt,
+            timeout=step.timeout,
+            business_key=self.instance.business_key,
+            correlation_id=self.instance.correlation_id,
+        )
+
+    # -- the state machine ------------------------------------------------------------------
+
+    def run(self) -> str:
+        status = self.instance.status
+        if status == Status.STARTED:
+            self._update_saga(status=Status.EXECUTING)
+            status = Status.EXECUTING
+        if status == Status.EXECUTING:
+            return self._forward()
+        return self._backward()
+
+    def _forward(self) -> str:
+        definition = self.definition
+        for index, step in enumerate(definition.steps):
+            row = self.rows.get(step.name)
+            if row is not None and row.status in (StepStatus.COMPLETED, StepStatus.SKIPPED):
+                continue
+            if row is not None and row.compensation_status != Comp.NONE:
+                # The step was compensated (or fenced) before its action ran: refuse it.
+                _, refused = self._after_conflict(step)
+                assert refused is not None
+                return self._begin_compensation(code=refused.code, message=refused.message)
+            forward_only = definition.is_forward_only(index)
+            now = timezone.now()
+            if not forward_only and now >= self.instance.deadline:
+                return self._time_out()
+            if row is not None and row.next_attempt_at and row.next_attempt_at > now:
+                return self._sleep_until(row.next_attempt_at)
+            while True:
+                outcome, failure = self._attempt(step, index)
+                if outcome != _Outcome.WAIT or failure is not None:
+                    break
+            if outcome == _Outcome.DONE:
+                continue
+            if outcome == _Outcome.WAIT:
+                return self.instance.status
+            assert failure is not None
+            if forward_only:
+                return self._dead_letter(
+                    status=Status.FAILED,
+                    reason=(
+                        f"step {step.name} after the pivot failed and cannot be compensated: "
+                        f"{failure.code}: {failure.message}"
+                    ),
+                    code=failure.code,
+                )
+            return self._begin_compensation(code=failure.code, message=failure.message)
+        return self._complete()
+
+    def _attempt(self, step: Step, index: int) -> tuple[str, _Failure | None]:
+        row = self.rows.get(step.name)
+        attempt = (row.attempts if row else 0) + 1
+        started = timezone.now()
+        clock = time.monotonic()
+        ctx = self._context(step, attempt)
+        self._update_current(step)
+        try:
+            if step.remote:
+                output = self._run_remote(step, index, ctx, attempt, started, clock)
+            else:
+                output = self._run_local(step, index, ctx, attempt, started, clock)
+        except LeaseLost:
+            raise
+        except StepAlreadyRecorded:
+            return self._after_conflict(step)
+        except Exception as error:
+            return self._after_failure(step, index, attempt, started, clock, error)
+        fault_point(f"{step.name}.after_commit")
+        logger.debug("saga %s step %s completed: %s", self.saga_id, step.name, output)
+        return _Outcome.DONE, None
+
+    def _update_current(self, step: Step) -> None:
+        if self.instance.current_step != step.name:
+            self.instance.current_step = step.name
+
+    def _check(self, step: Step, ctx: StepContext) -> None:
+        check = step.check_fn()
+        if check is not None and not check(ctx):
+            raise PreconditionFailed(f"precondition of step {step.name} does not hold")
+
+    def _run_local(
+        self,
+        step: Step,
+        index: int,
+        ctx: StepContext,
+        attempt: int,
+        started: datetime,
+        clock: float,
+    ) -> Any:
+        with transaction.atomic():
+            self._check(step, ctx)
+            with _time_limit(step.timeout):
+                output = _jsonable(step.action_fn()(ctx))
+            if time.monotonic() - clock > step.timeout:
+                raise StepTimeout(f"step ran past its {step.timeout:g} s timeout")
+            fault_point(f"{step.name}.before_commit")
+            self._record_completed(step, index, attempt, started, clock, output)
+        return output
+
+    def _run_remote(
+        self,
+        step: Step,
+        index: int,
+        ctx: StepContext,
+        attempt: int,
+        started: datetime,
+        clock: float,
+    ) -> Any:
+        with transaction.atomic():
+            self._check(step, ctx)
+            self._mark_executing(step, index, attempt, started)
+        fault_point(f"{step.name}.before_remote")
+        with _time_limit(step.timeout):
+            output = _jsonable(step.action_fn()(ctx))
+        fault_point(f"{step.name}.after_remote")
+        if time.monotonic() - clock > step.timeout:
+            raise StepTimeout(f"step ran past its {step.timeout:g} s timeout")
+        try:
+            with transaction.atomic():
+                self._record_completed(step, index, attempt, started, clock, output)
+        except StepAlreadyRecorded:
+            self._refuse_late_remote(step, ctx)
+            raise
+        return output
+
+    def _mark_executing(self, step: Step, index: int, attempt: int, started: datetime) -> None:
+        row = self.rows.get(step.name)
+        fields = {
+            "status": StepStatus.EXECUTING,
+            "attempts": attempt,
+            "started_at": started,
+            "next_attempt_at": None,
+        }
+        if row is None:
+            try:
+                with transaction.atomic():
+                    row = SagaStep.objects.create(
+                        saga_id=self.saga_id, name=step.name, index=index, **fields
+                    )
+            except IntegrityError:
+                raise StepAlreadyRecorded(step.name) from None
+            self.rows[step.name] = row
+        else:
+            moved = (
+                SagaStep.objects.filter(pk=row.pk, compensation_status=Comp.NONE)
+                .exclude(status__in=[StepStatus.COMPLETED, StepStatus.SKIPPED])
+                .update(**fields)
+            )
+            if not moved:
+                raise StepAlreadyRecorded(step.name)
+            for name, value in fields.items():
+                setattr(row, name, value)
+        self._events(
+            SagaEvent(kind=Kind.STEP_STARTED, step=step.name, attempt=attempt, created_at=started)
+        )
+        self._update_saga(current_step=step.name)
+
+    def _record_completed(
+        self,
+        step: Step,
+        index: int,
+        attempt: int,
+        started: datetime,
+        clock: float,
+        output: Any,
+    ) -> None:
+        """Write the COMPLETED step row in the current transaction; the unique (saga, step)
+        row, or the compare-and-set on an existing one, admits exactly one completion."""
+        now = timezone.now()
+        fields = {
+            "status": StepStatus.COMPLETED,
+            "attempts": attempt,
+            "output": output,
+            "started_at": started,
+            "finished_at": now,
+            "duration_ms": int((time.monotonic() - clock) * 1000),
+            "next_attempt_at": None,
+        }
+        row = self.rows.get(step.name)
+        if row is None:
+            try:
+                with transaction.atomic():
+                    row = SagaStep.objects.create(
+                        saga_id=self.saga_id, name=step.name, index=index, **fields
+                    )
+            except IntegrityError:
+                raise StepAlreadyRecorded(step.name) from None
+            self.rows[step.name] = row
+        else:
+            allowed = [StepStatus.PENDING, StepStatus.FAILED, StepStatus.EXECUTING]
+            moved = SagaStep.objects.filter(
+                pk=row.pk, status__in=allowed, compensation_status=Comp.NONE
+            ).update(**fields)
+            if not moved:
+                raise StepAlreadyRecorded(step.name)
+            for name, value in fields.items():
+                setattr(row, name, value)
+        events = [SagaEvent(kind=Kind.STEP_COMPLETED, step=step.name, attempt=attempt)]
+        if not step.remote:
+            events.insert(
+                0,
+                SagaEvent(
+                    kind=Kind.STEP_STARTED, step=step.name, attempt=attempt, created_at=started
+                ),
+            )
+        events[-1].created_at = now
+        events[-1].detail = {"duration_ms": fields["duration_ms"]}
+        self._events(*events)
+        next_step = self._next_step_name(index)
+        self._update_saga(current_step=next_step)
+
+    def _next_step_name(self, index: int) -> str:
+        steps = self.definition.steps
+        return steps[index + 1].name if index + 1 < len(steps) else ""
+
+    def _after_conflict(self, step: Step) -> tuple[str, _Failure | None]:
+        """Our step write lost: someone completed the step, or it was compensated."""
+        row = SagaStep.objects.get(saga_id=self.saga_id, name=step.name)
+        self.rows[step.name] = row
+        if row.status in (StepStatus.COMPLETED, StepStatus.SKIPPED) and (
+            row.compensation_status == Comp.NONE
+        ):
+            return _Outcome.DONE, None
+        with transaction.atomic():
+            self._events(
+                SagaEvent(
+                    kind=Kind.LATE_ACTION_REFUSED,
+                    step=step.name,
+                    reason="the step was compensated before its action could complete",
+                    created_at=timezone.now(),
+                )
+            )
+            self._update_saga()
+        error = PreconditionFailed(f"step {step.name} was compensated; its action was refused")
+        return _Outcome.GIVE_UP, _Failure.of(error)
+
+    def _refuse_late_remote(self, step: Step, ctx: StepContext) -> None:
+        """A remote action finished after its step was compensated: its effect is real, so
+        undo it again (compensations are idempotent) rather than leave it standing."""
+        compensate = step.compensate_fn()
+        if compensate is not None:
+            compensate(ctx)
+
+    def _after_failure(
+        self,
+        step: Step,
+        index: int,
+        attempt: int,
+        started: datetime,
+        clock: float,
+        error: BaseException,
+    ) -> tuple[str, _Failure | None]:
+        failure = _Failure.of(error)
+        retryable = step.retry.is_retryable(error) and attempt < step.retry.max_attempts
+        now = timezone.now()
+        delay = step.retry.delay_after(attempt) if retryable else 0.0
+        next_at = now + timedelta(seconds=delay) if retryable and delay > 0 else None
+        fields = {
+            "status": StepStatus.FAILED,
+            "attempts": attempt,
+            "started_at": started,
+            "finished_at": now,
+            "duration_ms": int((time.monotonic() - clock) * 1000),
+            "error_type": f"{type(error).__module__}.{type(error).__qualname__}"[:200],
+            "error_code": failure.code[:100],
+            "error_message": failure.message,
+            "error_traceback": failure.traceback,
+            "next_attempt_at": next_at,
+        }
+        events = []
+        if not step.remote:
+            events.append(
+                SagaEvent(
+                    kind=Kind.STEP_STARTED, step=step.name, attempt=attempt, created_at=started
+                )
+            )
+        events.append(
+            SagaEvent(
+                kind=Kind.STEP_FAILED,
+                step=step.name,
+                attempt=attempt,
+                reason=failure.message[:2000],
+                detail={"code": failure.code, "business": failure.business},
+                created_at=now,
+            )
+        )
+        if retryable:
+            events.append(
+                SagaEvent(
+                    kind=Kind.RETRY_SCHEDULED,
+                    step=step.name,
+                    attempt=attempt + 1,
+                    detail={"delay_seconds": round(delay, 3)},
+                    created_at=now,
+                )
+            )
+        with transaction.atomic():
+            row = self.rows.get(step.name)
+            if row is None:
+                try:
+                    with transaction.atomic():
+                        row = SagaStep.objects.create(
+                            saga_id=self.saga_id, name=step.name, index=index, **fields
+                        )
+                except IntegrityError:
+                    return self._after_conflict(step)
+                self.rows[step.name] = row
+            else:
+                moved = SagaStep.objects.filter(
+                    pk=row.pk,
+                    status__in=[StepStatus.PENDING, StepStatus.FAILED, StepStatus.EXECUTING],
+                    compensation_status=Comp.NONE,
+                ).update(**fields)
+                if not moved:
+                    return self._after_conflict(step)
+                for name, value in fields.items():
+                    setattr(row, name, value)
+            self._events(*events)
+            saga_fields: dict[str, Any] = {
+                "current_step": step.name,
+                "error_code": failure.code[:100],
+                "error_message": failure.message,
+            }
+            if next_at is not None:
+                saga_fields["wake_at"] = next_at
+                self._update_saga(release=True, **saga_fields)
+            else:
+                self._update_saga(**saga_fields)
+        logger.info(
+            "saga %s step %s attempt %s failed (%s): %s",
+            self.saga_id,
+            step.name,
+            attempt,
+            "retry" if retryable else "give up",
+            failure.message,
+        )
+        if retryable:
+            return _Outcome.WAIT, None if next_at is None else failure
+        return _Outcome.GIVE_UP, failure
+
+    def _sleep_until(self, when: datetime) -> str:
+        with transaction.atomic():
+            self._update_saga(release=True, wake_at=when)
+        return self.instance.status
+
+    def _complete(self) -> str:
+        now = timezone.now()
+        with transaction.atomic():
+            self._update_saga(
+                release=True,
+                status=Status.COMPLETED,
+                current_step="",
+                completed_at=now,
+                wake_at=None,
+                error_code="",
+                error_message="",
+            )
+            self._events(SagaEvent(kind=Kind.COMPLETED, status=Status.COMPLETED, created_at=now))
+        return Status.COMPLETED
+
+    def _time_out(self) -> str:
+        now = timezone.now()
+        with transaction.atomic():
+            self._update_saga(
+                status=Status.TIMEOUT,
+                error_code="deadline_exceeded",
+                error_message=f"the saga passed its deadline of {self.definition.deadline:g} s",
+            )
+            self._events(SagaEvent(kind=Kind.TIMED_OUT, status=Status.TIMEOUT, created_at=now))
+        return self._backward()
+
+    def _begin_compensation(self, *, code: str, message: str) -> str:
+        now = timezone.now()
+        with transaction.atomic():
+            self._update_saga(
+                status=Status.COMPENSATING, error_code=code[:100], error_message=message
+            )
+            self._events(
+                SagaEvent(
+                    kind=Kind.COMPENSATION_STARTED,
+                    status=Status.COMPENSATING,
+                    reason=message[:2000],
+                    detail={"code": code},
+                    created_at=now,
+                )
+            )
+        return self._backward()
+
+    # -- compensation -----------------------------------------------------------------------
+
+    def _backward(self) -> str:
+        definition = self.definition
+        completed = [
+            step.name
+            for step in definition.steps
+            if (row := self.rows.get(step.name)) is not None
+            and row.status == StepStatus.COMPLETED
+        ]
+        # A remote step whose outcome is unknown may have taken effect: compensate it too.
+        uncertain = [
+            step.name
+            for step in definition.steps
+            if step.remote
+            and (row := self.rows.get(step.name)) is not None
+            and row.status in (StepStatus.FAILED, StepStatus.EXECUTING)
+        ]
+        sequence = definition.compensation_sequence(completed + uncertain)
+        exhausted: list[str] = []
+        for name in sequence:
+            step = definition.step(name)
+            index = definition.index_of(name)
+            row = self.rows[name]
+            if definition.is_forward_only(index) or step.compensate is None:
+                continue
+            if row.compensation_status in (Comp.COMPENSATED, Comp.EMPTY):
+                continue
+            if row.compensation_status == Comp.FAILED:
+                exhausted.append(name)
+                continue
+            now = timezone.now()
+            if row.next_attempt_at and row.next_attempt_at > now:
+                return self._sleep_until(row.next_attempt_at)
+            while True:
+                outcome = self._compensate(step, row)
+                if outcome != "again":
+                    break
+            if outcome == _Outcome.WAIT:
+                return self.instance.status
+            if outcome == _Outcome.GIVE_UP:
+                exhausted.append(name)
+        self._fence_unfinished()
+        if exhausted:
+            return self._dead_letter(
+                status=Status.FAILED,
+                reason=(
+                    f"compensation of {', '.join(exhausted)} failed after its retries: "
+                    + "; ".join(self.rows[name].error_message for name in exhausted)
+                ),
+                code="compensation_exhausted",
+            )
+        now = timezone.now()
+        with transaction.atomic():
+            self._update_saga(
+                release=True,
+                status=Status.COMPENSATED,
+                current_step="",
+                completed_at=now,
+                wake_at=None,
+            )
+            self._events(
+                SagaEvent(kind=Kind.COMPENSATED, status=Status.COMPENSATED, created_at=now)
+            )
+        return Status.COMPENSATED
+
+    def _compensate(self, step: Step, row: SagaStep) -> str:
+        attempt = row.compensation_attempts + 1
+        started = timezone.now()
+        clock = time.monotonic()
+        ctx = self._context(step, attempt)
+        ctx.extra["compensation_key"] = f"{ctx.key}:compensation"
+        compensate = step.compensate_fn()
+        assert compensate is not None
+        try:
+            with transaction.atomic():
+                # The row lock serialises this compensation with a late action on the step.
+                SagaStep.objects.select_for_update().filter(pk=row.pk).first()
+                fault_point(f"{step.name}.before_compensate")
+                with _time_limit(step.timeout):
+                    compensate(ctx)
+                if time.monotonic() - clock > step.timeout:
+                    raise StepTimeout(f"compensation ran past its {step.timeout:g} s timeout")
+                now = timezone.now()
+                fields = {
+                    "status": StepStatus.COMPENSATED,
+                    "compensation_status": Comp.COMPENSATED,
+                    "compensation_attempts": attempt,
+                    "compensated_at": now,
+                    "next_attempt_at": None,
+                }
+                SagaStep.objects.filter(pk=row.pk).update(**fields)
+                self._events(
+                    SagaEvent(
+                        kind=Kind.STEP_COMPENSATED,
+                        step=step.name,
+                        attempt=attempt,
+                        detail={"duration_ms": int((time.monotonic() - clock) * 1000)},
+                        created_at=now,
+                    )
+                )
+                self._update_saga(current_step=step.name)
+            for name, value in fields.items():
+                setattr(row, name, value)
+            fault_point(f"{step.name}.after_compensate")
+            return _Outcome.DONE
+        except LeaseLost:
+            raise
+        except Exception as error:
+            return self._compensation_failed(step, row, attempt, error)
+
+    def _compensation_failed(
+        self, step: Step, row: SagaStep, attempt: int, error: BaseException
+    ) -> str:
+        failure = _Failure.of(error)
+        policy = step.compensation_retry
+        # A compensation must eventually happen: business errors are retried here too,
+        # since the alternative is an operator.
+        retryable = attempt < policy.max_attempts
+        now = timezone.now()
+        delay = policy.delay_after(attempt) if retryable else 0.0
+        next_at = now + timedelta(seconds=delay) if retryable and delay > 0 else None
+        fields = {
+            "compensation_status": Comp.COMPENSATING if retryable else Comp.FAILED,
+            "compensation_attempts": attempt,
+            "error_type": f"{type(error).__module__}.{type(error).__qualname__}"[:200],
+            "error_code": failure.code[:100],
+            "error_message": failure.message,
+            "error_traceback": failure.traceback,
+            "next_attempt_at": next_at,
+        }
+        events = [
+            SagaEvent(
+                kind=Kind.COMPENSATION_FAILED,
+                step=step.name,
+                attempt=attempt,
+                reason=failure.message[:2000],
+                detail={"code": failure.code, "final": not retryable},
+                created_at=now,
+            )
+        ]
+        if retryable:
+            events.append(
+                SagaEvent(
+                    kind=Kind.RETRY_SCHEDULED,
+                    step=step.name,
+                    attempt=attempt + 1,
+                    detail={"delay_seconds": round(delay, 3), "compensation": True},
+                    created_at=now,
+                )
+            )
+        with transaction.atomic():
+            SagaStep.objects.filter(pk=row.pk).update(**fields)
+            for name, value in fields.items():
+                setattr(row, name, value)
+            self._events(*events)
+            if next_at is not None:
+                self._update_saga(release=True, wake_at=next_at, current_step=step.name)
+            else:
+                self._update_saga(current_step=step.name)
+        logger.warning(
+            "saga %s compensation of %s attempt %s failed: %s",
+            self.saga_id,
+            step.name,
+            attempt,
+            failure.message,
+        )
+        if not retryable:
+            return _Outcome.GIVE_UP
+        return _Outcome.WAIT if next_at is not None else "again"
+
+    def _fence_unfinished(self) -> None:
+        """Local steps that failed never took effect: record their compensation as empty, so
+        an action that still arrives for them is refused."""
+        unfinished = [
+            row
+            for name, row in self.rows.items()
+            if row.status in (StepStatus.FAILED, StepStatus.EXECUTING, StepStatus.PENDING)
+            and row.compensation_status == Comp.NONE
+            and not self.definition.step(name).remote
+        ]
+        if not unfinished:
+            return
+        now = timezone.now()
+        with transaction.atomic():
+            for row in unfinished:
+                fenced = SagaStep.objects.filter(
+                    pk=row.pk, compensation_status=Comp.NONE
+                ).exclude(status=StepStatus.COMPLETED)
+                if fenced.update(compensation_status=Comp.EMPTY, compensated_at=now):
+                    row.compensation_status = Comp.EMPTY
+                    self._events(
+                        SagaEvent(
+                            kind=Kind.COMPENSATION_EMPTY,
+                            step=row.name,
+                            reason="the action never took effect; nothing to undo",
+                            created_at=now,
+                        )
+                    )
+            self._update_saga()
+
+    def _dead_letter(self, *, status: str, reason: str, code: str) -> str:
+        now = timezone.now()
+        with transaction.atomic():
+            self._update_saga(
+                release=True,
+                status=status,
+                error_code=code[:100],
+                error_message=reason,
+                dead_lettered_at=now,
+                dead_letter_reason=reason,
+                completed_at=now,
+                wake_at=None,
+            )
+            self._events(
+                SagaEvent(kind=Kind.FAILED, status=status, reason=reason, created_at=now),
+                SagaEvent(kind=Kind.DEAD_LETTERED, reason=reason, created_at=now),
+            )
+        logger.error("saga %s dead-lettered: %s", self.saga_id, reason)
+        return status
+
+
+# --- Waking delayed sagas and recovering lost ones ---------------------------------------
+
+
+def sagas_wake_due(*, limit: int = 100) -> list[str]:
+    """Hand sagas whose delayed retry is due to the workers. Each due saga is claimed by a
+    compare-and-set on ``wake_at``, so concurrent timers enqueue it once."""
+    now = timezone.now()
+    due = list(
+        SagaInstance.objects.filter(wake_at__lte=now, status__in=SagaInstance.ACTIVE)
+        .order_by("wake_at")
+        .values_list("pk", "priority", "wake_at")[:limit]
+    )
+    woken = []
+    for pk, priority, wake_at in due:
+        if SagaInstance.objects.filter(pk=pk, wake_at=wake_at).update(wake_at=None):
+            enqueue_run(pk, priority)
+            woken.append(str(pk))
+    return woken
+
+
+def sagas_recover(*, limit: int | None = None) -> list[str]:
+    """Re-enqueue unfinished sagas that nobody is running: their lease expired (the worker
+    died), or they hold no lease, wait for no timer and made no progress for a while (their
+    task was lost). Recovery only enqueues; the lease decides who runs."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=saga_setting("STALE_AFTER_SECONDS"))
+    batch = limit or saga_setting("RECOVERY_BATCH")
+    candidates = list(
+        SagaInstance.objects.filter(status__in=SagaInstance.ACTIVE)
+        .filter(
+            Q(lease_expires_at__lt=now)
+            | Q(lease_expires_at__isnull=True, wake_at__isnull=True, updated_at__lt=stale)
+        )
+        .order_by("updated_at")
+        .values_list("pk", "priority", "updated_at")[:batch]
+    )
+    recovered = []
+    for pk, priority, updated_at in candidates:
+        # Touching updated_at claims the saga for this scan: a concurrent scan that read the
+        # same candidate finds it changed and leaves it alone.
+        claimed = SagaInstance.objects.filter(pk=pk, updated_at=updated_at).update(
+            updated_at=now, recovery_attempts=F("recovery_attempts") + 1
+        )
+        if claimed:
+            SagaEvent.objects.create(saga_id=pk, kind=Kind.RECOVERED, created_at=now)
+            enqueue_run(pk, priority)
+            recovered.append(str(pk))
+    return recovered

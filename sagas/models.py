@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class SagaInstance(models.Model):
+    class Status(models.TextChoices):
+        STARTED = "STARTED"
+        EXECUTING = "EXECUTING"
+        COMPLETED = "COMPLETED"
+        COMPENSATING = "COMPENSATING"
+        COMPENSATED = "COMPENSATED"
+        # Compensation could not finish: the saga waits in the dead-letter queue.
+        FAILED = "FAILED"
+        # Past its deadline; compensation follows at once.
+        TIMEOUT = "TIMEOUT"
+
+    ACTIVE = (Status.STARTED, Status.EXECUTING, Status.COMPENSATING, Status.TIMEOUT)
+    TERMINAL = (Status.COMPLETED, Status.COMPENSATED, Status.FAILED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    definition = models.CharField(max_length=100)
+    version = models.PositiveIntegerField()
+    business_key = models.CharField(max_length=200, blank=True, db_index=True)
+    correlation_id = models.CharField(max_length=100, blank=True, db_index=True)
+    # A caller-chosen key: starting a saga twice under it gives the first instance back.
+    dedup_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTED)
+    priority = models.PositiveSmallIntegerField(default=1)
+    tags = models.JSONField(default=list, blank=True)
+    context = models.JSONField(default=dict, blank=True)
+    current_step = models.CharField(max_length=100, blank=True)
+    deadline = models.DateTimeField()
+    # Who runs it now, and until when: a worker that dies stops renewing, recovery takes over.
+    lease_owner = models.CharField(max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # When a delayed retry is due; the timer hands the saga to a worker then.
+    wake_at = models.DateTimeField(null=True, blank=True)
+    runs = models.PositiveIntegerField(default=0)
+    recovery_attempts = models.PositiveIntegerField(default=0)
+    error_code = models.CharField(max_length=100, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    dead_lettered_at = models.DateTimeField(null=True, blank=True)
+    dead_letter_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [
+            ("retry_saga", "Can retry a saga now"),
+            ("resume_saga", "Can resume a saga"),
+            ("compensate_saga", "Can force a saga's compensation"),
+            ("skip_step", "Can skip a saga step"),
+            ("cancel_saga", "Can cancel a saga"),
+            ("resolve_dead_letter", "Can resolve a dead-lettered saga"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="saga_status_updated_idx"),
+            models.Index(fields=["definition", "version", "status"], name="saga_definition_idx"),
+            models.Index(fields=["-created_at"], name="saga_created_idx"),
+            # Recovery and the timer only look at unfinished sagas.
+            models.Index(
+                fields=["lease_expires_at"],
+                name="saga_active_lease_idx",
+                condition=Q(status__in=["STARTED", "EXECUTING", "COMPENSATING", "TIMEOUT"]),
+            ),
+            models.Index(
+                fields=["wake_at"], name="saga_wake_idx", condition=Q(wake_at__isnull=False)
+            ),
+            models.Index(
+                fields=["dead_lettered_at"],
+                name="saga_dead_letter_idx",
+                condition=Q(dead_lettered_at__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.definition} v{self.version} {self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class SagaStep(models.Model):
+    """One step of one instance. Its COMPLETED row commits with the step's business writes."""
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING"
+        EXECUTING = "EXECUTING"
+        COMPLETED = "COMPLETED"
+        FAILED = "FAILED"
+        COMPENSATING = "COMPENSATING"
+        COMPENSATED = "COMPENSATED"
+        SKIPPED = "SKIPPED"
+
+    class Compensation(models.TextChoices):
+        NONE = "NONE"
+        COMPENSATING = "COMPENSATING"
+        COMPENSATED = "COMPENSATED"
+        # The action never took effect: the compensation was a recorded no-op, and an
+        # action that arrives later is refused.
+        EMPTY = "EMPTY"
+        FAILED = "FAILED"
+
+    saga = models.ForeignKey(SagaInstance, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=100)
+    index = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    compensation_status = models.CharField(
+        max_length=16, choices=Compensation.choices, default=Compensation.NONE
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    compensation_attempts = models.PositiveIntegerField(default=0)
+    output = models.JSONField(null=True, blank=True)
+    error_type = models.CharField(max_length=200, blank=True)
+    error_code = models.CharField(max_length=100, blank=True)
+    error_message = models.TextField(blank=True)
+    error_traceback = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    compensated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["saga", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["saga", "name"], name="saga_step_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status}/{self.compensation_status})"
+
+
+class SagaEvent(models.Model):
+    """The append-only history of a saga: every transition, in order."""
+
+    class Kind(models.TextChoices):
+        STARTED = "saga_started"
+        STEP_STARTED = "step_started"
+        STEP_COMPLETED = "step_completed"
+        STEP_FAILED = "step_failed"
+        STEP_SKIPPED = "step_skipped"
+        RETRY_SCHEDULED = "retry_scheduled"
+        COMPENSATION_STARTED = "compensation_started"
+        STEP_COMPENSATED = "step_compensated"
+        COMPENSATION_EMPTY = "compensation_empty"
+        COMPENSATION_FAILED = "compensation_failed"
+        LATE_ACTION_REFUSED = "late_action_refused"
+        COMPLETED = "saga_completed"
+        COMPENSATED = "saga_compensated"
+        TIMED_OUT = "saga_timed_out"
+        FAILED = "saga_failed"
+        DEAD_LETTERED = "dead_lettered"
+        RECOVERED = "recovered"
+        OPERATOR = "operator_action"
+
+    saga = models.ForeignKey(SagaInstance, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    step = models.CharField(max_length=100, blank=True)
+    attempt = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=16, blank=True)
+    actor = models.CharField(max_length=150, blank=True)
+    reason = models.TextField(blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["saga", "id"], name="saga_event_history_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.step}".strip()
+
+
+class Intervention(models.Model):
+    """The audit row of an operator's action on a saga: who, what, when, why, before/after."""
+
+    saga = models.ForeignKey(SagaInstance, on_delete=models.CASCADE, related_name="interventions")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150)
+    action = models.CharField(max_length=32)
+    step = models.CharField(max_length=100, blank=True)
+    reason = models.TextField()
+    status_before = models.CharField(max_length=16)
+    status_after = models.CharField(max_length=16)
+    # False when a concurrent identical action had already done the work.
+    effective = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(reason=""), name="intervention_has_reason"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor_name}"

@@ -1,0 +1,17 @@
+"""Rows the test sagas write, so tests can count every effect a step had."""
+
+from django.db import models
+
+
+class Counter(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    value = models.IntegerField(default=0)
+
+
+class Effect(models.Model):
+    """One row per effect; deliberately not unique, so a duplicate effect shows as two rows."""
+
+    saga_id = models.CharField(max_length=64, db_index=True)
+    step = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20)
+    attempt = models.PositiveIntegerField(default=1)

@@ -1,0 +1,93 @@
+"""Test sagas: five local steps that each update a counter and insert an effect row.
+
+Behaviour is steered by the saga's input data:
+- ``fail``: name of a step that raises a business error;
+- ``transient``: {step: n} fails the first n attempts of that step with a transient error;
+- ``compensation_fails``: step names whose compensation always fails;
+- ``sleep``: {step: seconds} to make a step slow (timeouts).
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.db.models import F
+
+from l2c.errors import DomainError
+from sagas import Retry, Saga, Step, StepContext, register
+from tests.sagatest.models import Counter, Effect
+
+FAST = Retry(retries=3, delay=0.0)
+FAST_COMPENSATION = Retry(retries=2, delay=0.0)
+
+
+class TestBusinessError(DomainError):
+    code = "test_business_error"
+
+
+def _act(ctx: StepContext) -> dict:
+    data = ctx.data
+    if data.get("sleep", {}).get(ctx.step):
+        time.sleep(data["sleep"][ctx.step])
+    if data.get("fail") == ctx.step:
+        raise TestBusinessError(f"{ctx.step} refused")
+    if ctx.attempt <= data.get("transient", {}).get(ctx.step, 0):
+        raise ConnectionError(f"{ctx.step} attempt {ctx.attempt} lost its connection")
+    Counter.objects.filter(name=ctx.step).update(value=F("value") + 1)
+    Effect.objects.create(saga_id=ctx.saga_id, step=ctx.step, kind="action", attempt=ctx.attempt)
+    return {"done": ctx.step, "attempt": ctx.attempt}
+
+
+def _undo(ctx: StepContext) -> None:
+    if ctx.step in ctx.data.get("compensation_fails", []):
+        raise ConnectionError(f"compensation of {ctx.step} cannot reach its service")
+    Counter.objects.filter(name=ctx.step).update(value=F("value") - 1)
+    Effect.objects.create(saga_id=ctx.saga_id, step=ctx.step, kind="compensation")
+
+
+def step(name: str, **options) -> Step:
+    options.setdefault("retry", FAST)
+    options.setdefault("compensation_retry", FAST_COMPENSATION)
+    return Step(name, action=_act, compensate=_undo, **options)
+
+
+FIVE_STEPS = register(
+    Saga(
+        name="test.five_steps",
+        version=1,
+        steps=tuple(step(f"s{i}") for i in range(1, 6)),
+    )
+)
+
+# Waiting retries and compensations, handed back to workers by the timer.
+DELAYED = register(
+    Saga(
+        name="test.delayed",
+        version=1,
+        steps=(
+            step("d1", retry=Retry(retries=3, delay=0.2, max_delay=0.5)),
+            step("d2", compensation_retry=Retry(retries=2, delay=0.2, max_delay=0.5)),
+            step("d3", retry=Retry(retries=3, delay=0.2, max_delay=0.5)),
+        ),
+    )
+)
+
+PIVOTED = register(
+    Saga(
+        name="test.pivoted",
+        version=1,
+        steps=(
+            step("p1"),
+            step("p2", pivot=True),
+            Step("p3", action=_act, retry=FAST),
+        ),
+    )
+)
+
+TIMED = register(
+    Saga(
+        name="test.timed",
+        version=1,
+        steps=(step("t1"), step("t2", timeout=0.5), step("t3")),
+    )
+)
