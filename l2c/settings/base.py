@@ -171,7 +171,8 @@ Q_CLUSTER = {
     "retry": env_int("Q_RETRY", 330),
     "max_attempts": 1,
     "ack_failures": True,
-    "save_limit": env_int("Q_SAVE_LIMIT", 1000),
+    # The saga tables are the record of what ran; keep only failed tasks in django-q2's.
+    "save_limit": env_int("Q_SAVE_LIMIT", -1),
     "catch_up": False,
     "label": "Task queue",
 }
@@ -180,6 +181,14 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = 0.2
+
+# The saga engine (sagas/conf.py lists every key and its default).
+SAGAS = {
+    "LEASE_SECONDS": env_float("SAGA_LEASE_SECONDS", 120.0),
+    "LEASE_MARGIN_SECONDS": env_float("SAGA_LEASE_MARGIN_SECONDS", 30.0),
+    "TIMER_POLL_SECONDS": env_float("SAGA_TIMER_POLL_SECONDS", 0.25),
+    "STALE_AFTER_SECONDS": env_float("SAGA_STALE_AFTER_SECONDS", 60.0),
+}
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -55,7 +55,7 @@ FIVE_STEPS = register(
     Saga(
         name="test.five_steps",
         version=1,
-        steps=tuple(step(f"s{i}") for i in range(1, 6)),
+        steps=tuple(step(f"s{i}", timeout=5.0) for i in range(1, 6)),
     )
 )
 
