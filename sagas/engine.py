@@ -653,8 +653,7 @@ class _Runner:
         completed = [
             step.name
             for step in definition.steps
-            if (row := self.rows.get(step.name)) is not None
-            and row.status == StepStatus.COMPLETED
+            if (row := self.rows.get(step.name)) is not None and row.status == StepStatus.COMPLETED
         ]
         # A remote step whose outcome is unknown may have taken effect: compensate it too.
         uncertain = [
@@ -714,7 +713,7 @@ class _Runner:
 
     def _compensate(self, step: Step, row: SagaStep) -> str:
         attempt = row.compensation_attempts + 1
-        started = timezone.now()
+        timezone.now()
         clock = time.monotonic()
         ctx = self._context(step, attempt)
         ctx.extra["compensation_key"] = f"{ctx.key}:compensation"
@@ -832,9 +831,9 @@ class _Runner:
         now = timezone.now()
         with transaction.atomic():
             for row in unfinished:
-                fenced = SagaStep.objects.filter(
-                    pk=row.pk, compensation_status=Comp.NONE
-                ).exclude(status=StepStatus.COMPLETED)
+                fenced = SagaStep.objects.filter(pk=row.pk, compensation_status=Comp.NONE).exclude(
+                    status=StepStatus.COMPLETED
+                )
                 if fenced.update(compensation_status=Comp.EMPTY, compensated_at=now):
                     row.compensation_status = Comp.EMPTY
                     self._events(

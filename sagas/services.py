@@ -226,9 +226,10 @@ def saga_skip_step(*, saga_id: object, step: str, actor: Any, reason: str) -> In
         index = definition.index_of(step)
     except ValueError:
         raise InvalidIntervention(f"saga has no step {step!r}") from None
-    forward_failure = saga.status == Status.FAILED and not SagaStep.objects.filter(
-        saga_id=saga_id, compensation_status=Comp.FAILED
-    ).exists()
+    forward_failure = (
+        saga.status == Status.FAILED
+        and not SagaStep.objects.filter(saga_id=saga_id, compensation_status=Comp.FAILED).exists()
+    )
     if saga.status not in (Status.STARTED, Status.EXECUTING) and not forward_failure:
         raise InvalidIntervention("only a saga going forward can skip a step")
     now = timezone.now()

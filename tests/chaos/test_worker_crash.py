@@ -33,8 +33,10 @@ def test_a_worker_killed_around_a_step_commit_resumes_with_every_effect_once(qcl
     # The worker dies holding the lease: wait for the step state the crash point implies.
     expected_done = 3 if point.endswith("after_commit") else 2
     wait_for(
-        lambda: effects(saga)[(STEPS[expected_done - 1], "action")] == 1
-        and SagaInstance.objects.get(pk=saga.pk).lease_owner,
+        lambda: (
+            effects(saga)[(STEPS[expected_done - 1], "action")] == 1
+            and SagaInstance.objects.get(pk=saga.pk).lease_owner
+        ),
         timeout=60,
         what=f"the crash at {point}\n{qcluster.log_tail()}",
     )

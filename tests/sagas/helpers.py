@@ -18,9 +18,7 @@ def run(instance: SagaInstance) -> SagaInstance:
 
 
 def effects(instance: SagaInstance) -> Tally:
-    return Tally(
-        (row.step, row.kind) for row in Effect.objects.filter(saga_id=str(instance.pk))
-    )
+    return Tally((row.step, row.kind) for row in Effect.objects.filter(saga_id=str(instance.pk)))
 
 
 def history(instance: SagaInstance) -> list[tuple[str, str]]:

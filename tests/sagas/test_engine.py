@@ -44,11 +44,7 @@ def test_a_business_error_at_step_k_compensates_the_earlier_steps_in_reverse(k):
 
     assert saga.status == S.COMPENSATED
     assert saga.error_code == "test_business_error"
-    compensated = [
-        step
-        for kind, step in history(saga)
-        if kind == K.STEP_COMPENSATED
-    ]
+    compensated = [step for kind, step in history(saga) if kind == K.STEP_COMPENSATED]
     assert compensated == [f"s{i}" for i in range(k - 1, 0, -1)]
     for i in range(1, 6):
         assert Counter.objects.get(name=f"s{i}").value == 0
