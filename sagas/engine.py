@@ -37,6 +37,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from l2c.errors import DomainError
+from sagas import fastpath
 from sagas.conf import saga_setting
 from sagas.definitions import Saga, Step, StepContext
 from sagas.exceptions import LeaseLost, PreconditionFailed, StepAlreadyRecorded, StepTimeout
@@ -53,6 +54,8 @@ Comp = SagaStep.Compensation
 Kind = SagaEvent.Kind
 
 _json = DjangoJSONEncoder()
+# How PostgreSQL and SQLite name a violation of the (saga, step) unique constraint.
+_STEP_UNIQUE = ("saga_step_unique_name", "sagas_sagastep.saga_id, sagas_sagastep.name")
 
 
 def _jsonable(value: Any) -> Any:
@@ -83,7 +86,8 @@ def saga_start(
     now = timezone.now()
     with transaction.atomic():
         try:
-            with transaction.atomic():
+            # The savepoint is only needed to survive a dedup_key conflict.
+            with transaction.atomic(savepoint=dedup_key is not None):
                 instance = SagaInstance.objects.create(
                     definition=definition.name,
                     version=definition.version,
@@ -207,13 +211,19 @@ class _Runner:
         self.released = False
         self.instance = SagaInstance.objects.get(pk=saga_id)
         self.definition = registry.get(self.instance.definition, self.instance.version)
+        # A first run has no step rows to read; a row written meanwhile by someone else (an
+        # operator's skip) shows up as a conflict on insert and is handled there.
         # Each write renews the lease for long enough to cover the slowest step.
         self.lease_seconds = max(
             saga_setting("LEASE_SECONDS"),
             max(step.timeout for step in self.definition.steps)
             + saga_setting("LEASE_MARGIN_SECONDS"),
         )
-        self.rows: dict[str, SagaStep] = {row.name: row for row in self.instance.steps.all()}
+        self.rows: dict[str, SagaStep] = (
+            {}
+            if self.instance.runs == 1 and self.instance.recovery_attempts == 0
+            else {row.name: row for row in self.instance.steps.all()}
+        )
 
     # -- bookkeeping helpers ----------------------------------------------------------------
 
@@ -261,10 +271,7 @@ class _Runner:
     # -- the state machine ------------------------------------------------------------------
 
     def run(self) -> str:
-        status = self.instance.status
-        if status == Status.STARTED:
-            self._update_saga(status=Status.EXECUTING)
-            status = Status.EXECUTING
+        status = self.instance.status  # the lease moved STARTED to EXECUTING
         if status == Status.EXECUTING:
             return self._forward()
         return self._backward()
@@ -347,14 +354,21 @@ class _Runner:
         started: datetime,
         clock: float,
     ) -> Any:
-        with transaction.atomic():
-            self._check(step, ctx)
-            with _time_limit(step.timeout):
-                output = _jsonable(step.action_fn()(ctx))
-            if time.monotonic() - clock > step.timeout:
-                raise StepTimeout(f"step ran past its {step.timeout:g} s timeout")
-            fault_point(f"{step.name}.before_commit")
-            self._record_completed(step, index, attempt, started, clock, output)
+        try:
+            with transaction.atomic():
+                self._check(step, ctx)
+                with _time_limit(step.timeout):
+                    output = _jsonable(step.action_fn()(ctx))
+                if time.monotonic() - clock > step.timeout:
+                    raise StepTimeout(f"step ran past its {step.timeout:g} s timeout")
+                fault_point(f"{step.name}.before_commit")
+                self._record_completed(step, index, attempt, started, clock, output)
+        except IntegrityError as error:
+            # Our step row's unique constraint: another runner completed the step first,
+            # and this attempt's business writes were rolled back with it.
+            if any(marker in str(error) for marker in _STEP_UNIQUE):
+                raise StepAlreadyRecorded(step.name) from error
+            raise
         return output
 
     def _run_remote(
@@ -437,24 +451,6 @@ class _Runner:
             "next_attempt_at": None,
         }
         row = self.rows.get(step.name)
-        if row is None:
-            try:
-                with transaction.atomic():
-                    row = SagaStep.objects.create(
-                        saga_id=self.saga_id, name=step.name, index=index, **fields
-                    )
-            except IntegrityError:
-                raise StepAlreadyRecorded(step.name) from None
-            self.rows[step.name] = row
-        else:
-            allowed = [StepStatus.PENDING, StepStatus.FAILED, StepStatus.EXECUTING]
-            moved = SagaStep.objects.filter(
-                pk=row.pk, status__in=allowed, compensation_status=Comp.NONE
-            ).update(**fields)
-            if not moved:
-                raise StepAlreadyRecorded(step.name)
-            for name, value in fields.items():
-                setattr(row, name, value)
         events = [SagaEvent(kind=Kind.STEP_COMPLETED, step=step.name, attempt=attempt)]
         if not step.remote:
             events.insert(
@@ -465,9 +461,51 @@ class _Runner:
             )
         events[-1].created_at = now
         events[-1].detail = {"duration_ms": fields["duration_ms"]}
-        self._events(*events)
-        next_step = self._next_step_name(index)
-        self._update_saga(current_step=next_step)
+        if row is None:
+            # No savepoint: a unique violation here aborts the whole step transaction, which
+            # is what must happen; the caller turns it into StepAlreadyRecorded.
+            if fastpath.enabled():
+                pk = fastpath.step_insert_completed(
+                    saga_id=self.instance.pk,
+                    name=step.name,
+                    index=index,
+                    attempts=attempt,
+                    output=output,
+                    started_at=started,
+                    finished_at=now,
+                    duration_ms=fields["duration_ms"],
+                    events=events,
+                )
+                row = SagaStep(pk=pk, saga_id=self.saga_id, name=step.name, index=index, **fields)
+                events = []
+            else:
+                row = SagaStep.objects.create(
+                    saga_id=self.saga_id, name=step.name, index=index, **fields
+                )
+            self.rows[step.name] = row
+        else:
+            allowed = [StepStatus.PENDING, StepStatus.FAILED, StepStatus.EXECUTING]
+            moved = SagaStep.objects.filter(
+                pk=row.pk, status__in=allowed, compensation_status=Comp.NONE
+            ).update(**fields)
+            if not moved:
+                raise StepAlreadyRecorded(step.name)
+            for name, value in fields.items():
+                setattr(row, name, value)
+        if events:
+            self._events(*events)
+        self._renew_lease_if_short(index)
+
+    def _renew_lease_if_short(self, index: int) -> None:
+        """The step row's unique constraint already fences a runner that lost its lease, so
+        the saga row is only touched when the lease would not cover the next step."""
+        steps = self.definition.steps
+        if index + 1 >= len(steps):
+            return
+        needed = steps[index + 1].timeout + saga_setting("LEASE_MARGIN_SECONDS")
+        expires = self.instance.lease_expires_at
+        if expires is None or (expires - timezone.now()).total_seconds() < needed:
+            self._update_saga(current_step=steps[index + 1].name)
 
     def _next_step_name(self, index: int) -> str:
         steps = self.definition.steps
@@ -605,17 +643,28 @@ class _Runner:
 
     def _complete(self) -> str:
         now = timezone.now()
+        fields = {
+            "status": Status.COMPLETED,
+            "current_step": "",
+            "completed_at": now,
+            "updated_at": now,
+            "wake_at": None,
+            "error_code": "",
+            "error_message": "",
+            "lease_owner": "",
+            "lease_expires_at": None,
+        }
+        event = SagaEvent(kind=Kind.COMPLETED, status=Status.COMPLETED, created_at=now)
+        if fastpath.enabled():
+            if not fastpath.saga_finish(
+                saga_id=self.instance.pk, owner=self.owner, fields=fields, events=[event]
+            ):
+                raise LeaseLost(str(self.saga_id))
+            self.released = True
+            return Status.COMPLETED
         with transaction.atomic():
-            self._update_saga(
-                release=True,
-                status=Status.COMPLETED,
-                current_step="",
-                completed_at=now,
-                wake_at=None,
-                error_code="",
-                error_message="",
-            )
-            self._events(SagaEvent(kind=Kind.COMPLETED, status=Status.COMPLETED, created_at=now))
+            self._update_saga(release=True, **fields)
+            self._events(event)
         return Status.COMPLETED
 
     def _time_out(self) -> str:

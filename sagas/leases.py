@@ -14,7 +14,7 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from sagas.conf import saga_setting
@@ -81,6 +81,13 @@ def lease_acquire(saga_id: object, owner: str, seconds: float) -> bool:
             lease_expires_at=now + timedelta(seconds=seconds),
             runs=F("runs") + 1,
             updated_at=now,
+            # Taking a new saga is also its move to EXECUTING: one statement instead of two.
+            status=Case(
+                When(
+                    status=SagaInstance.Status.STARTED, then=Value(SagaInstance.Status.EXECUTING)
+                ),
+                default=F("status"),
+            ),
         )
     )
     if not taken:

@@ -1,0 +1,133 @@
+"""Single-round-trip bookkeeping for the hot path on PostgreSQL.
+
+On the happy path each step adds one statement to the step's own transaction: the step row
+and its two history events go in one data-modifying CTE. Other databases (SQLite, the
+embedded default) take the equivalent ORM path in ``sagas.engine``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection
+
+from sagas.models import SagaEvent, SagaStep
+
+_STEP_COLUMNS = (
+    "saga_id, name, index, status, compensation_status, attempts, compensation_attempts,"
+    " output, error_type, error_code, error_message, error_traceback, started_at,"
+    " finished_at, duration_ms, next_attempt_at, compensated_at"
+)
+_EVENT_COLUMNS = "saga_id, kind, step, attempt, status, actor, reason, detail, created_at"
+
+
+def enabled() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, cls=DjangoJSONEncoder)
+
+
+def _event_values(saga_id: uuid.UUID, events: Sequence[SagaEvent]) -> tuple[str, list[Any]]:
+    rows, params = [], []
+    for event in events:
+        rows.append("(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)")
+        params += [
+            saga_id,
+            event.kind,
+            event.step,
+            event.attempt,
+            event.status,
+            event.actor,
+            event.reason,
+            _dumps(event.detail or {}),
+            event.created_at,
+        ]
+    return ", ".join(rows), params
+
+
+def step_insert_completed(
+    *,
+    saga_id: uuid.UUID,
+    name: str,
+    index: int,
+    attempts: int,
+    output: Any,
+    started_at: datetime,
+    finished_at: datetime,
+    duration_ms: int,
+    events: Sequence[SagaEvent],
+) -> int:
+    """Insert a COMPLETED step row and its events in one statement; returns the row id.
+    A second completion of the same step raises IntegrityError (unique saga + name)."""
+    event_rows, event_params = _event_values(saga_id, events)
+    sql = (
+        f"WITH s AS (INSERT INTO {SagaStep._meta.db_table} ({_STEP_COLUMNS}) VALUES"
+        " (%s, %s, %s, 'COMPLETED', 'NONE', %s, 0, %s::jsonb, '', '', '', '', %s, %s, %s,"
+        " NULL, NULL) RETURNING id),"
+        f" e AS (INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS}) VALUES {event_rows})"
+        " SELECT id FROM s"
+    )
+    params = [
+        saga_id,
+        name,
+        index,
+        attempts,
+        _dumps(output),
+        started_at,
+        finished_at,
+        duration_ms,
+        *event_params,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()[0]
+
+
+def saga_finish(
+    *,
+    saga_id: uuid.UUID,
+    owner: str,
+    fields: dict[str, Any],
+    events: Sequence[SagaEvent],
+) -> bool:
+    """Update the saga row (fenced on the lease owner) and append events, in one statement.
+    False when the lease was lost: nothing is written."""
+    from sagas.models import SagaInstance
+
+    table = SagaInstance._meta.db_table
+    assignments = ", ".join(f"{column} = %s" for column in fields)
+    select_one = (
+        "SELECT %s::uuid, %s::varchar, %s::varchar, %s::integer, %s::varchar, %s::varchar,"
+        " %s::text, %s::jsonb, %s::timestamptz"
+    )
+    event_params: list[Any] = []
+    for event in events:
+        event_params += [
+            saga_id,
+            event.kind,
+            event.step,
+            event.attempt,
+            event.status,
+            event.actor,
+            event.reason,
+            _dumps(event.detail or {}),
+            event.created_at,
+        ]
+    selects = " UNION ALL ".join([select_one] * len(events))
+    sql = (
+        f"WITH u AS (UPDATE {table} SET {assignments} WHERE id = %s AND lease_owner = %s"
+        " RETURNING id)"
+        f" INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS})"
+        f" SELECT * FROM ({selects}) AS ev WHERE EXISTS (SELECT 1 FROM u)"
+    )
+    params = [*fields.values(), saga_id, owner, *event_params]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount > 0
