@@ -560,12 +560,13 @@ def serve(
     server = make_server(host, port, db_path, slow_seconds, api_key)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
-    out.write(
-        f"Payment gateway simulator listening on {server.url} "
-        f"(ledger {server.ledger.path}, slow answers after {slow_seconds:g} s)\n"
-    )
-    out.flush()
     try:
+        # Inside the try: a signal right after the announcement still stops cleanly.
+        out.write(
+            f"Payment gateway simulator listening on {server.url} "
+            f"(ledger {server.ledger.path}, slow answers after {slow_seconds:g} s)\n"
+        )
+        out.flush()
         server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -125,10 +125,21 @@ def enqueue_run(saga_id: object, priority: int = 1) -> None:
 
     queues = saga_setting("PRIORITY_QUEUES")
     cluster = queues.get(Priority(priority).name) if queues else None
-    options: dict[str, Any] = {"task_name": f"saga {saga_id}"}
-    if cluster:
-        options["cluster"] = cluster
+    options: dict[str, Any] = {"task_name": f"saga {saga_id}", "broker": _broker(cluster)}
     async_task("sagas.tasks.run_saga", str(saga_id), q_options=options)
+
+
+_brokers: dict[str | None, Any] = {}
+
+
+def _broker(cluster: str | None) -> Any:
+    """One broker per queue and process: building one per enqueue costs a connection setup."""
+    from django_q.brokers import get_broker
+
+    broker = _brokers.get(cluster)
+    if broker is None:
+        broker = _brokers[cluster] = get_broker(cluster)
+    return broker
 
 
 # --- Running ------------------------------------------------------------------------------
@@ -954,10 +965,17 @@ def sagas_recover(*, limit: int | None = None) -> list[str]:
     )
     recovered = []
     for pk, priority, updated_at in candidates:
-        # Touching updated_at claims the saga for this scan: a concurrent scan that read the
-        # same candidate finds it changed and leaves it alone.
-        claimed = SagaInstance.objects.filter(pk=pk, updated_at=updated_at).update(
-            updated_at=now, recovery_attempts=F("recovery_attempts") + 1
+        # The claim clears the dead lease and touches updated_at: the saga stops being a
+        # candidate, and a concurrent scan that read it before finds it changed.
+        claimed = (
+            SagaInstance.objects.filter(pk=pk, updated_at=updated_at)
+            .filter(Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True))
+            .update(
+                updated_at=now,
+                lease_owner="",
+                lease_expires_at=None,
+                recovery_attempts=F("recovery_attempts") + 1,
+            )
         )
         if claimed:
             SagaEvent.objects.create(saga_id=pk, kind=Kind.RECOVERED, created_at=now)
