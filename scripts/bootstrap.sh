@@ -34,11 +34,10 @@ bootstrap_venv() {
   # Reinstall only when the declared dependencies change or more extras are asked for.
   local stamp="$VENV/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
   if [ ! -f "$stamp" ] || ! grep -qx "${extras:-base}" "$stamp"; then
-    if [ -n "$extras" ]; then
-      "$VENV/bin/python" -m pip install -q -e "$ROOT[$extras]"
-    else
-      "$VENV/bin/python" -m pip install -q -e "$ROOT"
-    fi
+    local target="$ROOT"
+    [ -n "$extras" ] && target="$ROOT[$extras]"
+    # pip warns once per package about index folders this machine does not have: noise.
+    "$VENV/bin/python" -m pip install -q -e "$target" 2> >(grep -v 'is ignored: it is neither' >&2)
     local previous=""
     [ -f "$stamp" ] && previous=$(cat "$stamp")
     rm -f "$VENV"/.installed-*
