@@ -25,9 +25,11 @@ def saga_problems(saga: Saga) -> list[str]:
             problems.append(
                 f"{label} has no compensation; declare nothing_to_undo=True if it changes nothing"
             )
+        if step.resolve is not None and not step.remote:
+            problems.append(f"{label} has a resolve but is not remote")
         if step.nothing_to_undo and step.compensate is not None:
             problems.append(f"{label} declares nothing_to_undo but has a compensation")
-        for role in ("action", "compensate", "check"):
+        for role in ("action", "compensate", "check", "resolve"):
             target = getattr(step, role)
             try:
                 resolve_callable(target)

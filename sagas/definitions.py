@@ -117,6 +117,9 @@ class Step:
     - ``check(ctx)`` is a precondition; False fails the step as a business error.
     - ``remote`` steps call another system: they run outside the database transaction,
       at least once, with ``ctx.key`` as the idempotency key.
+    - ``resolve(ctx)`` asks the other system what became of an earlier attempt whose outcome
+      is unknown (a timeout, a crash): it returns the action's output when the effect
+      happened, None when it did not (then the action runs again under the same key).
     - ``pivot``: once it completes the saga only goes forward; steps after it have no
       compensation and are retried.
     - ``nothing_to_undo`` declares a step before the pivot that has no effect to compensate
@@ -127,6 +130,7 @@ class Step:
     action: StepFn | str
     compensate: StepFn | str | None = None
     check: Callable[[StepContext], bool] | str | None = None
+    resolve: StepFn | str | None = None
     retry: Retry = DEFAULT_RETRY
     compensation_retry: Retry = DEFAULT_COMPENSATION_RETRY
     timeout: float = DEFAULT_STEP_TIMEOUT
@@ -147,6 +151,9 @@ class Step:
 
     def compensate_fn(self) -> StepFn | None:
         return resolve_callable(self.compensate)
+
+    def resolve_fn(self) -> StepFn | None:
+        return resolve_callable(self.resolve)
 
     def check_fn(self) -> Callable[[StepContext], bool] | None:
         return resolve_callable(self.check)  # type: ignore[arg-type]

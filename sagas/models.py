@@ -3,8 +3,10 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
+from django.utils.timezone import now as timezone_now
 
 
 class SagaInstance(models.Model):
@@ -49,6 +51,10 @@ class SagaInstance(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     dead_lettered_at = models.DateTimeField(null=True, blank=True)
     dead_letter_reason = models.TextField(blank=True)
+    # An operator closed the dead letter without retrying (fixed by hand, written off).
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=150, blank=True)
+    resolution = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -205,3 +211,77 @@ class Intervention(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor_name}"
+
+
+class OutboxMessage(models.Model):
+    """A message written in the same transaction as the business change that caused it; the
+    relay publishes it after commit, at least once. Consumers dedupe on its id."""
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING"
+        SENT = "SENT"
+        FAILED = "FAILED"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    topic = models.CharField(max_length=100)
+    key = models.CharField(max_length=200, blank=True, db_index=True)
+    # Writing the same message twice (a retried step) keeps one row.
+    dedup_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    payload = models.JSONField(encoder=DjangoJSONEncoder, default=dict)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone_now)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="outbox_pending_idx",
+                condition=Q(status="PENDING"),
+            ),
+            models.Index(fields=["topic", "created_at"], name="outbox_topic_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic} {self.id} ({self.status})"
+
+
+class ProcessedMessage(models.Model):
+    """A consumer's record that it handled a message; written in the consumer's own
+    transaction, so a message delivered twice has one effect."""
+
+    consumer = models.CharField(max_length=100)
+    message_id = models.UUIDField()
+    processed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer", "message_id"], name="processed_message_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} handled {self.message_id}"
+
+
+class WebhookSubscription(models.Model):
+    """A URL that receives outbox messages as signed POSTs (HMAC-SHA256 of the body)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    url = models.URLField(max_length=500)
+    secret = models.CharField(max_length=200)
+    # Topics to deliver; empty means every topic.
+    topics = models.JSONField(default=list, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} -> {self.url}"
