@@ -21,6 +21,12 @@ DEFAULTS: dict[str, Any] = {
     # Priority name (LOW, NORMAL, HIGH, CRITICAL) -> django-q2 cluster name; absent = default.
     "PRIORITY_QUEUES": {},
     "RECOVERY_BATCH": 200,
+    # How often the timer thread runs recovery, the deadline check and the outbox relay.
+    "RECOVERY_INTERVAL_SECONDS": 30.0,
+    "TIMEOUT_CHECK_INTERVAL_SECONDS": 60.0,
+    "OUTBOX_RELAY_INTERVAL_SECONDS": 5.0,
+    # A saga still failing after this long goes to the dead-letter queue [seed 001: 3 days].
+    "DEAD_LETTER_AFTER_SECONDS": 3 * 24 * 3600.0,
     "MAX_RECOVERY_ATTEMPTS": 10,
 }
 

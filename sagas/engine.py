@@ -39,6 +39,7 @@ from django.utils import timezone
 from l2c.errors import DomainError
 from sagas import fastpath
 from sagas.conf import saga_setting
+from sagas.deadletters import dead_letter_index_add, saga_dead_letter
 from sagas.definitions import Saga, Step, StepContext
 from sagas.exceptions import LeaseLost, PreconditionFailed, StepAlreadyRecorded, StepTimeout
 from sagas.leases import lease_acquire, lease_forget, lease_release, new_owner
@@ -938,6 +939,8 @@ class _Runner:
                 SagaEvent(kind=Kind.FAILED, status=status, reason=reason, created_at=now),
                 SagaEvent(kind=Kind.DEAD_LETTERED, reason=reason, created_at=now),
             )
+            saga_id = self.saga_id
+            transaction.on_commit(lambda: dead_letter_index_add(saga_id))
         logger.error("saga %s dead-lettered: %s", self.saga_id, reason)
         return status
 
@@ -979,7 +982,17 @@ def sagas_recover(*, limit: int | None = None) -> list[str]:
         .values_list("pk", "priority", "updated_at")[:batch]
     )
     recovered = []
+    limit_attempts = saga_setting("MAX_RECOVERY_ATTEMPTS")
     for pk, priority, updated_at in candidates:
+        attempts = SagaInstance.objects.filter(pk=pk).values_list("recovery_attempts", flat=True)
+        if attempts and attempts[0] >= limit_attempts:
+            # A poison saga: every run so far died or lost its lease. An operator decides.
+            saga_dead_letter(
+                saga_id=pk,
+                reason=f"recovery gave up after {attempts[0]} attempts",
+                code="recovery_exhausted",
+            )
+            continue
         # The claim clears the dead lease and touches updated_at: the saga stops being a
         # candidate, and a concurrent scan that read it before finds it changed.
         claimed = (
@@ -997,3 +1010,27 @@ def sagas_recover(*, limit: int | None = None) -> list[str]:
             enqueue_run(pk, priority)
             recovered.append(str(pk))
     return recovered
+
+
+def sagas_expire(*, limit: int = 200) -> list[str]:
+    """Hand sagas past their deadline to a worker now, even when they wait for a later
+    retry: the run moves them to TIMEOUT and compensates (or, past the pivot, finishes)."""
+    now = timezone.now()
+    overdue = list(
+        SagaInstance.objects.filter(
+            status__in=[Status.STARTED, Status.EXECUTING], deadline__lt=now
+        )
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .values_list("pk", "priority", "updated_at")[:limit]
+    )
+    handed = []
+    for pk, priority, updated_at in overdue:
+        if SagaInstance.objects.filter(pk=pk, updated_at=updated_at).update(
+            wake_at=None, updated_at=now
+        ):
+            SagaStep.objects.filter(saga_id=pk, next_attempt_at__isnull=False).update(
+                next_attempt_at=None
+            )
+            enqueue_run(pk, priority)
+            handed.append(str(pk))
+    return handed

@@ -144,6 +144,10 @@ def saga_resume(*, saga_id: object, actor: Any, reason: str) -> Intervention:
             SagaStep.objects.filter(saga_id=saga_id, status=SagaStep.Status.FAILED).update(
                 attempts=0, next_attempt_at=None
             )
+    if effective:
+        from sagas.deadletters import dead_letter_index_remove
+
+        transaction.on_commit(lambda: dead_letter_index_remove(saga_id))
     intervention = _audit(
         saga=saga,
         actor=actor,

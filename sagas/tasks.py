@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sagas import engine
+from sagas import deadletters, engine
 
 
 def run_saga(saga_id: str) -> str | None:
@@ -15,3 +15,17 @@ def wake_sagas() -> int:
 
 def recover_sagas() -> int:
     return len(engine.sagas_recover())
+
+
+def expire_sagas() -> int:
+    return len(engine.sagas_expire())
+
+
+def sweep_dead_letters() -> int:
+    return deadletters.dead_letter_sweep()
+
+
+def relay_outbox() -> int:
+    from sagas.outbox import outbox_relay
+
+    return outbox_relay()

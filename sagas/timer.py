@@ -1,14 +1,20 @@
-"""The timer that gives sagas back to workers when their delayed retry is due.
+"""The timer inside each ``qcluster`` process: sub-minute housekeeping.
 
-It runs as a thread in each ``qcluster`` process, so a retry waits without holding a worker
-asleep. Several timers (several nodes) are safe: each due saga is claimed by compare-and-set.
-On start it also runs recovery once, so a restarted worker picks up what a crash left.
+django-q2's scheduler looks at its schedules about every 30 s with a one-minute resolution,
+which is too coarse for a retry due in 2 s. This thread hands due sagas to workers every
+``TIMER_POLL_SECONDS`` and runs recovery, the deadline check and the outbox relay on their
+own intervals; the django-q2 schedules (``sagas.schedules``) are the backstop that works even
+where no timer runs. Several timers (several nodes) are safe: every pass claims its sagas or
+messages by compare-and-set. On start it runs recovery at once, so a restarted worker picks
+up what a crash left.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 from django.db import close_old_connections, connections
 
@@ -20,21 +26,39 @@ _started = threading.Event()
 _stop = threading.Event()
 
 
-def _loop() -> None:
-    from sagas.engine import sagas_recover, sagas_wake_due
+def _jobs() -> list[tuple[str, float, Callable[[], object]]]:
+    from sagas import engine
 
-    poll = saga_setting("TIMER_POLL_SECONDS")
+    jobs: list[tuple[str, float, Callable[[], object]]] = [
+        ("wake", saga_setting("TIMER_POLL_SECONDS"), engine.sagas_wake_due),
+        ("recover", saga_setting("RECOVERY_INTERVAL_SECONDS"), engine.sagas_recover),
+        ("expire", saga_setting("TIMEOUT_CHECK_INTERVAL_SECONDS"), engine.sagas_expire),
+    ]
     try:
-        sagas_recover()
-    except Exception:
-        logger.exception("recovery at start-up failed; the scheduled scan will retry")
-    while not _stop.wait(poll):
-        try:
-            close_old_connections()
-            sagas_wake_due()
-        except Exception:
-            logger.exception("timer pass failed")
-            connections.close_all()
+        from sagas.outbox import outbox_relay
+    except ImportError:  # pragma: no cover - the outbox module ships with the engine
+        return jobs
+    jobs.append(("outbox", saga_setting("OUTBOX_RELAY_INTERVAL_SECONDS"), outbox_relay))
+    return jobs
+
+
+def _loop() -> None:
+    jobs = _jobs()
+    # Recovery first: what a crash left behind is picked up as soon as a worker starts.
+    next_run = {name: 0.0 if name == "recover" else time.monotonic() for name, _, _ in jobs}
+    poll = saga_setting("TIMER_POLL_SECONDS")
+    while not _stop.is_set():
+        close_old_connections()
+        for name, interval, job in jobs:
+            if time.monotonic() < next_run[name]:
+                continue
+            next_run[name] = time.monotonic() + interval
+            try:
+                job()
+            except Exception:
+                logger.exception("timer job %s failed; it runs again next interval", name)
+                connections.close_all()
+        _stop.wait(poll)
 
 
 def timer_start() -> None:
