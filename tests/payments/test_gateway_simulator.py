@@ -7,11 +7,6 @@ SQLite ledger, as the real gateway would: its books are checked through ``/v1/le
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,78 +28,20 @@ from payments.selectors import payment_get, payments_for_order
 from payments.services import payment_charge, payment_refund, payment_resolve
 from payments.simulator import start_in_thread
 from tests.concurrency import run_concurrently
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-API_KEY = "sk_test_payments"
-STARTUP_DEADLINE_SECONDS = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_healthy(process: subprocess.Popen[bytes], url: str) -> None:
-    probe = GatewayClient(base_url=url, api_key=API_KEY, timeout=1.0)
-    deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        if probe.health():
-            return
-        try:
-            # Paces the polling and notices a simulator that died on start.
-            process.wait(timeout=0.05)
-        except subprocess.TimeoutExpired:
-            continue
-        pytest.fail(f"the gateway simulator exited with {process.returncode} on start")
-    pytest.fail(
-        f"the gateway simulator did not answer /health within {STARTUP_DEADLINE_SECONDS} s"
-    )
+from tests.gateway import API_KEY, GatewayProcess, free_port
 
 
 @pytest.fixture
 def gateway(tmp_path: Path, settings: Any) -> Iterator[str]:
     """A simulator process on a free port with a fresh ledger; the settings point at it."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "l2c.settings.test",
-        "L2C_TESTING": "true",
-        "PYTHONUNBUFFERED": "1",
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "manage.py",
-            "gateway_simulator",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--db",
-            str(tmp_path / "gw.sqlite3"),
-            "--slow-seconds",
-            "3",
-            "--api-key",
-            API_KEY,
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process = GatewayProcess(tmp_path).start()
+    settings.PAYMENT_GATEWAY_URL = process.url
+    settings.PAYMENT_GATEWAY_API_KEY = API_KEY
+    settings.PAYMENT_GATEWAY_TIMEOUT = 10.0
     try:
-        _wait_until_healthy(process, url)
-        settings.PAYMENT_GATEWAY_URL = url
-        settings.PAYMENT_GATEWAY_API_KEY = API_KEY
-        settings.PAYMENT_GATEWAY_TIMEOUT = 10.0
-        yield url
+        yield process.url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.stop()
 
 
 def _ledger() -> dict[str, Any]:
@@ -298,7 +235,7 @@ def test_in_process_simulator_on_port_zero(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_gateway_is_unavailable() -> None:
-    client = GatewayClient(base_url=f"http://127.0.0.1:{_free_port()}", api_key=API_KEY, timeout=5)
+    client = GatewayClient(base_url=f"http://127.0.0.1:{free_port()}", api_key=API_KEY, timeout=5)
 
     assert not client.health()
     with pytest.raises(GatewayUnavailable):
