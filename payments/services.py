@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from l2c.faults import fault_point
 from payments.exceptions import PaymentRejected
 from payments.gateway import CENT, Charge, gateway_client
 from payments.models import Payment, Refund
@@ -83,6 +84,8 @@ def payment_charge(
         charge = gateway_client().charge(
             key=key, amount=amount, currency=currency, payment_method=method, reference=order_ref
         )
+        # The window a crash test aims at: the money moved, nothing of it is recorded here.
+        fault_point("payment.after_gateway_charge")
         if not charge.succeeded:
             raise PaymentRejected(f"the gateway answered a charge with status {charge.status!r}")
         payment = _record_charge(charge, order_ref=order_ref)

@@ -108,7 +108,11 @@ def saga_start(
             saga=instance, kind=Kind.STARTED, status=Status.STARTED, created_at=now
         )
         if enqueue:
-            transaction.on_commit(lambda: enqueue_run(instance.pk, definition.priority))
+            # robust: the saga is committed whatever the broker says; when the broker is
+            # down, recovery finds the saga without a task and hands it over later.
+            transaction.on_commit(
+                lambda: enqueue_run(instance.pk, definition.priority), robust=True
+            )
     return instance
 
 
@@ -960,15 +964,27 @@ def sagas_wake_due(*, limit: int = 100) -> list[str]:
     woken = []
     for pk, priority, wake_at in due:
         if SagaInstance.objects.filter(pk=pk, wake_at=wake_at).update(wake_at=None):
-            enqueue_run(pk, priority)
+            try:
+                enqueue_run(pk, priority)
+            except Exception:
+                # The broker is down: put the wake-up back so the next pass tries again.
+                SagaInstance.objects.filter(pk=pk, wake_at__isnull=True).update(wake_at=wake_at)
+                raise
             woken.append(str(pk))
     return woken
 
 
 def sagas_recover(*, limit: int | None = None) -> list[str]:
-    """Re-enqueue unfinished sagas that nobody is running: their lease expired (the worker
-    died), or they hold no lease, wait for no timer and made no progress for a while (their
-    task was lost). Recovery only enqueues; the lease decides who runs."""
+    """Re-enqueue unfinished sagas that nobody is running. Recovery only enqueues; the lease
+    decides who runs, so a saga enqueued twice still runs once.
+
+    - Lease expired: the worker died (or hung) while running it. This counts as a recovery
+      attempt; a saga that keeps killing its workers goes to the dead-letter queue after
+      ``MAX_RECOVERY_ATTEMPTS`` instead of being retried forever.
+    - No lease, no pending wake-up and no progress for ``STALE_AFTER_SECONDS``: its task was
+      lost (a broker outage, a crash between commit and enqueue) or waits in a long queue.
+      Enqueueing it again is harmless either way, so it does not count as an attempt.
+    """
     now = timezone.now()
     stale = now - timedelta(seconds=saga_setting("STALE_AFTER_SECONDS"))
     batch = limit or saga_setting("RECOVERY_BATCH")
@@ -979,35 +995,45 @@ def sagas_recover(*, limit: int | None = None) -> list[str]:
             | Q(lease_expires_at__isnull=True, wake_at__isnull=True, updated_at__lt=stale)
         )
         .order_by("updated_at")
-        .values_list("pk", "priority", "updated_at")[:batch]
+        .values_list("pk", "priority", "updated_at", "lease_expires_at", "recovery_attempts")[
+            :batch
+        ]
     )
     recovered = []
     limit_attempts = saga_setting("MAX_RECOVERY_ATTEMPTS")
-    for pk, priority, updated_at in candidates:
-        attempts = SagaInstance.objects.filter(pk=pk).values_list("recovery_attempts", flat=True)
-        if attempts and attempts[0] >= limit_attempts:
+    for pk, priority, updated_at, lease_expires_at, attempts in candidates:
+        died = lease_expires_at is not None
+        if died and attempts >= limit_attempts:
             # A poison saga: every run so far died or lost its lease. An operator decides.
             saga_dead_letter(
                 saga_id=pk,
-                reason=f"recovery gave up after {attempts[0]} attempts",
+                reason=f"recovery gave up after {attempts} attempts",
                 code="recovery_exhausted",
             )
             continue
         # The claim clears the dead lease and touches updated_at: the saga stops being a
         # candidate, and a concurrent scan that read it before finds it changed.
-        claimed = (
-            SagaInstance.objects.filter(pk=pk, updated_at=updated_at)
-            .filter(Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True))
-            .update(
-                updated_at=now,
-                lease_owner="",
-                lease_expires_at=None,
-                recovery_attempts=F("recovery_attempts") + 1,
-            )
+        claimed = SagaInstance.objects.filter(
+            pk=pk, updated_at=updated_at, lease_expires_at=lease_expires_at
+        ).update(
+            updated_at=now,
+            lease_owner="",
+            lease_expires_at=None,
+            recovery_attempts=F("recovery_attempts") + int(died),
         )
         if claimed:
-            SagaEvent.objects.create(saga_id=pk, kind=Kind.RECOVERED, created_at=now)
-            enqueue_run(pk, priority)
+            SagaEvent.objects.create(
+                saga_id=pk,
+                kind=Kind.RECOVERED,
+                detail={"cause": "lease expired" if died else "no progress"},
+                created_at=now,
+            )
+            try:
+                enqueue_run(pk, priority)
+            except Exception:
+                # The broker is down; the saga stays a candidate and the next scan retries.
+                logger.exception("recovery could not enqueue saga %s", pk)
+                continue
             recovered.append(str(pk))
     return recovered
 

@@ -26,6 +26,6 @@ def sweep_dead_letters() -> int:
 
 
 def relay_outbox() -> int:
-    from sagas.outbox import outbox_relay
+    from sagas.outbox import relay_outbox_task
 
-    return outbox_relay()
+    return relay_outbox_task()

@@ -22,15 +22,17 @@ mkdir -p "$VAR_DIR"
 
 pids=()
 stop_all() {
-  trap - INT TERM EXIT
+  trap - INT TERM HUP EXIT
   [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
 }
-trap stop_all INT TERM EXIT
+trap stop_all INT TERM HUP EXIT
 
 "$PY" manage.py gateway_simulator --host 127.0.0.1 --port "$GATEWAY_PORT" --db "$VAR_DIR/gateway.sqlite3" &
 pids+=($!)
-"$PY" manage.py qcluster &
+# Own session: Ctrl-C reaches the whole foreground group, and django-q2 deadlocks when a
+# second signal (the TERM below) lands while it handles the first. stop_all sends one TERM.
+setsid "$PY" manage.py qcluster &
 pids+=($!)
 "$PY" manage.py runserver "127.0.0.1:$WEB_PORT" --noreload &
 pids+=($!)

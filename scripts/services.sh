@@ -78,6 +78,8 @@ ci_redis_up() {
 
 ci_redis_down() {
   [ -n "${CI_REDIS_PID:-}" ] || return 0
+  # An outage test may have restarted Redis on the same port as a daemon: stop that too.
+  redis-cli -p "$L2C_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   kill "$CI_REDIS_PID" 2>/dev/null || true
   wait "$CI_REDIS_PID" 2>/dev/null || true
   rm -rf "$CI_REDIS_DIR"

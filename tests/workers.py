@@ -18,15 +18,24 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 60.0, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+def wait_for(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 60.0,
+    what: str | Callable[[], str] = "",
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``.
+    ``what`` may be a callable, so a failure message can show logs read at that moment."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
+            description = what() if callable(what) else what
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for {description or predicate}"
+            )
         time.sleep(0.05)
 
 

@@ -188,6 +188,9 @@ SAGAS = {
     "LEASE_MARGIN_SECONDS": env_float("SAGA_LEASE_MARGIN_SECONDS", 30.0),
     "TIMER_POLL_SECONDS": env_float("SAGA_TIMER_POLL_SECONDS", 0.25),
     "STALE_AFTER_SECONDS": env_float("SAGA_STALE_AFTER_SECONDS", 60.0),
+    "RECOVERY_INTERVAL_SECONDS": env_float("SAGA_RECOVERY_INTERVAL_SECONDS", 30.0),
+    "TIMEOUT_CHECK_INTERVAL_SECONDS": env_float("SAGA_TIMEOUT_CHECK_INTERVAL_SECONDS", 60.0),
+    "OUTBOX_RELAY_INTERVAL_SECONDS": env_float("OUTBOX_RELAY_INTERVAL_SECONDS", 5.0),
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------------

@@ -38,7 +38,7 @@ def test_a_worker_killed_around_a_step_commit_resumes_with_every_effect_once(qcl
             and SagaInstance.objects.get(pk=saga.pk).lease_owner
         ),
         timeout=60,
-        what=f"the crash at {point}\n{qcluster.log_tail()}",
+        what=lambda: f"the crash at {point}\n{qcluster.log_tail()}",
     )
     qcluster.kill()
     assert status_of(saga) == "EXECUTING"
@@ -49,7 +49,9 @@ def test_a_worker_killed_around_a_step_commit_resumes_with_every_effect_once(qcl
         what="the dead worker's lease to expire",
     )
     wait_for(lambda: str(saga.pk) in sagas_recover() or terminal(saga), what="recovery")
-    wait_for(lambda: terminal(saga), timeout=60, what=f"the saga to end\n{qcluster.log_tail()}")
+    wait_for(
+        lambda: terminal(saga), timeout=60, what=lambda: f"the saga to end\n{qcluster.log_tail()}"
+    )
 
     assert status_of(saga) == "COMPLETED"
     assert effects(saga) == {(name, "action"): 1 for name in STEPS}
@@ -65,7 +67,7 @@ def test_the_same_saga_enqueued_ten_times_at_once_runs_each_step_once(qcluster):
         thread.start()
     for thread in threads:
         thread.join()
-    wait_for(lambda: terminal(saga), timeout=60, what=f"the saga\n{qcluster.log_tail()}")
+    wait_for(lambda: terminal(saga), timeout=60, what=lambda: f"the saga\n{qcluster.log_tail()}")
 
     assert status_of(saga) == "COMPLETED"
     assert effects(saga) == {(name, "action"): 1 for name in STEPS}
@@ -76,7 +78,7 @@ def test_delayed_retries_resume_at_their_time_through_the_timer(qcluster):
     qcluster.start()
 
     saga = saga_start("test.delayed", data={"transient": {"d3": 2}}, business_key="delay")
-    wait_for(lambda: terminal(saga), timeout=60, what=f"the saga\n{qcluster.log_tail()}")
+    wait_for(lambda: terminal(saga), timeout=60, what=lambda: f"the saga\n{qcluster.log_tail()}")
 
     assert status_of(saga) == "COMPLETED"
     assert effects(saga)[("d3", "action")] == 1

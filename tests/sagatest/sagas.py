@@ -10,6 +10,7 @@ Behaviour is steered by the saga's input data:
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 from django.db.models import F
 
@@ -89,5 +90,56 @@ TIMED = register(
         name="test.timed",
         version=1,
         steps=(step("t1"), step("t2", timeout=0.5), step("t3")),
+    )
+)
+
+
+# A remote step: a charge through the payment gateway, refunded on compensation, resolved by
+# the gateway's status query when an earlier attempt's outcome is unknown.
+def _charge(ctx: StepContext) -> dict:
+    from payments.services import payment_charge
+
+    payment = payment_charge(
+        key=ctx.key,
+        order_ref=ctx.business_key,
+        amount=Decimal(ctx.data.get("amount", "10.00")),
+        method=ctx.data.get("method", "pm_card_visa"),
+    )
+    return {"payment_id": payment.pk, "charge_id": payment.gateway_charge_id}
+
+
+def _refund(ctx: StepContext) -> None:
+    from payments.services import payment_refund
+
+    payment_refund(key=ctx.extra["compensation_key"], charge_key=ctx.key, reason="compensated")
+
+
+def _resolve_charge(ctx: StepContext) -> dict | None:
+    from payments.services import payment_resolve
+
+    payment = payment_resolve(key=ctx.key)
+    if payment is None:
+        return None
+    return {"payment_id": payment.pk, "charge_id": payment.gateway_charge_id}
+
+
+PAYMENT = register(
+    Saga(
+        name="test.payment",
+        version=1,
+        steps=(
+            step("m1", timeout=10.0),
+            Step(
+                "charge",
+                action=_charge,
+                compensate=_refund,
+                resolve=_resolve_charge,
+                remote=True,
+                timeout=10.0,
+                retry=Retry(retries=5, delay=0.2, max_delay=1.0),
+                compensation_retry=Retry(retries=3, delay=0.2, max_delay=1.0),
+            ),
+            step("m3", timeout=10.0),
+        ),
     )
 )
