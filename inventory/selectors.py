@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.core.cache import cache
-from django.db.models import F
+from django.db.models import F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 
-from inventory.models import Product, Reservation, Stock
+from inventory.models import Product, Reservation, ReservationLine, Restock, Stock
 from inventory.services import PRODUCT_LIST_CACHE_KEY
 
 
@@ -61,3 +62,40 @@ def stock_get(*, sku: str) -> Stock | None:
 
 def reservation_get(*, key: str) -> Reservation | None:
     return Reservation.objects.filter(key=key).first()
+
+
+def stock_invariant_violations() -> list[str]:
+    """Products whose stock the ledgers do not explain.
+
+    For every product: on_hand = everything restocked - everything sold (confirmed
+    reservations), and reserved = what RESERVED reservations hold; never negative.
+    """
+
+    def line_total(status: str) -> Subquery:
+        return Subquery(
+            ReservationLine.objects.filter(product=OuterRef("product"), reservation__status=status)
+            .values("product")
+            .annotate(total=Sum("quantity"))
+            .values("total")
+        )
+
+    restocked = Subquery(
+        Restock.objects.filter(product=OuterRef("product"))
+        .values("product")
+        .annotate(total=Sum("quantity"))
+        .values("total")
+    )
+    rows = Stock.objects.annotate(
+        restocked=Coalesce(restocked, Value(0)),
+        sold=Coalesce(line_total(Reservation.Status.CONFIRMED), Value(0)),
+        holding=Coalesce(line_total(Reservation.Status.RESERVED), Value(0)),
+    ).filter(
+        ~Q(on_hand=F("restocked") - F("sold"))
+        | ~Q(reserved=F("holding"))
+        | Q(reserved__gt=F("on_hand"))
+    )
+    return [
+        f"{row.product.sku}: on_hand {row.on_hand} (ledger {row.restocked - row.sold}), "
+        f"reserved {row.reserved} (ledger {row.holding})"
+        for row in rows.select_related("product")
+    ]

@@ -194,8 +194,10 @@ def product_create(
     product, created = Product.objects.get_or_create(
         sku=sku, defaults={"name": name, "price": price, "active": active}
     )
-    stock, _ = Stock.objects.get_or_create(product=product)
+    Stock.objects.get_or_create(product=product)
     if created and on_hand:
-        Stock.objects.filter(pk=stock.pk).update(on_hand=F("on_hand") + on_hand)
+        # Opening stock is a restock like any other, so the restock ledger explains every
+        # unit that was ever on hand (the stock invariant relies on it).
+        stock_restock(key=f"opening:{sku}", sku=sku, quantity=on_hand, reason="opening stock")
     _invalidate_product_cache()
     return product

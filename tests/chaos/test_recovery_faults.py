@@ -61,6 +61,13 @@ def assert_books_balance(sagas: list[SagaInstance], gateway, amount: Decimal) ->
         assert Refund.objects.filter(payment__key=key).count() <= 1
 
 
+def assert_invariants_hold(gateway) -> None:
+    from orders.invariants import invariants_check
+
+    report = invariants_check(gateway_ledger=gateway.client().ledger, grace_seconds=0)
+    assert report.ok, report.checks
+
+
 def start_many(name: str, count: int, **data) -> list[SagaInstance]:
     return [saga_start(name, data=data, business_key=f"chaos:{i}") for i in range(count)]
 
@@ -127,6 +134,7 @@ def test_a_postgresql_restart_during_two_hundred_sagas_does_nothing_twice(
 
     assert_each_effect_once(sagas, ["m1", "m3"])
     assert_books_balance(sagas, gateway, Decimal("3.50"))
+    assert_invariants_hold(gateway)
 
 
 @pytest.fixture
@@ -155,6 +163,7 @@ def test_redis_down_for_thirty_seconds_does_nothing_twice(
 
     assert_each_effect_once(everything, ["m1", "m3"])
     assert_books_balance(everything, gateway, Decimal("4.00"))
+    assert_invariants_hold(gateway)
 
 
 def test_redis_losing_everything_mid_run_does_nothing_twice(qcluster_with_gateway, gateway):
@@ -168,6 +177,7 @@ def test_redis_losing_everything_mid_run_does_nothing_twice(qcluster_with_gatewa
 
     assert_each_effect_once(sagas, ["m1", "m3"])
     assert_books_balance(sagas, gateway, Decimal("5.00"))
+    assert_invariants_hold(gateway)
 
 
 def test_an_exhausted_refund_waits_in_the_dead_letter_queue_until_the_gateway_is_back(

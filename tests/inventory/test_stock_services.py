@@ -159,7 +159,7 @@ def test_stock_restock_is_idempotent_on_key():
     stock_restock(key="r1", sku=product.sku, quantity=4)
 
     assert stock_of(product).on_hand == 5
-    assert Restock.objects.count() == 1
+    assert Restock.objects.filter(key="r1").count() == 1
 
 
 @pytest.mark.django_db
