@@ -124,3 +124,23 @@ def test_priority_routes_a_saga_to_its_queue(settings):
 
     assert redis.llen("django_q:l2c-test-high:q") == 1
     redis.delete("django_q:l2c-test-high:q")
+
+
+@pytest.mark.django_db
+def test_migrate_installs_the_engine_schedules():
+    from django_q.models import Schedule
+
+    names = set(Schedule.objects.values_list("name", flat=True))
+
+    assert {
+        "sagas: recover lost sagas",
+        "sagas: sagas past their deadline",
+        "sagas: dead-letter sweep",
+        "sagas: outbox relay",
+    } <= names
+    recover = Schedule.objects.get(name="sagas: recover lost sagas")
+    assert (recover.func, recover.schedule_type, recover.minutes) == (
+        "sagas.tasks.recover_sagas",
+        Schedule.MINUTES,
+        1,
+    )
