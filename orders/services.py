@@ -25,6 +25,8 @@ from orders.exceptions import (
 )
 from orders.models import Customer, Order, OrderLine
 from points.selectors import points_value
+from sagas.engine import saga_start
+from sagas.models import SagaInstance
 
 CENT = Decimal("0.01")
 
@@ -174,4 +176,89 @@ def order_mark_failed(*, order_id: int, reason: str) -> Order:
         to=Order.Status.FAILED,
         allowed_from=[Order.Status.PLACED, Order.Status.AWAITING_PAYMENT],
         reason=reason,
+    )
+
+
+def order_close_unpaid(*, order_id: int, reason: str) -> Order:
+    """After a failed placement: an order that never got to awaiting payment ends FAILED
+    with the reason; one already cancelled by the saga's compensation stays as it is."""
+    moved = Order.objects.filter(pk=order_id, status=Order.Status.PLACED).update(
+        status=Order.Status.FAILED, status_reason=reason[:300], updated_at=timezone.now()
+    )
+    order = Order.objects.get(pk=order_id)
+    if not moved and order.status == Order.Status.AWAITING_PAYMENT:
+        return order_cancel(order_id=order_id, reason=reason)
+    return order
+
+
+@transaction.atomic
+def order_submit(
+    *,
+    customer_id: int,
+    items: Sequence[OrderItemIn],
+    payment_method: str,
+    request_key: str,
+    points_to_use: int = 0,
+    placed_by_id: int | None = None,
+    correlation_id: str = "",
+) -> tuple[Order, SagaInstance]:
+    """Record the order and start its placement saga in one transaction.
+
+    Idempotent on ``request_key``: a replay returns the first order and its saga. The saga
+    runs in a worker after commit; the order's status follows it.
+    """
+    from orders.sagas import PLACE_ORDER
+
+    order = order_place(
+        customer_id=customer_id,
+        items=items,
+        payment_method=payment_method,
+        request_key=request_key,
+        points_to_use=points_to_use,
+        placed_by_id=placed_by_id,
+    )
+    saga = saga_start(
+        PLACE_ORDER,
+        data={"order_id": order.pk},
+        business_key=order.business_key,
+        correlation_id=correlation_id,
+        dedup_key=f"{order.business_key}:place",
+    )
+    return order, saga
+
+
+@transaction.atomic
+def order_request_cancel(*, order_id: int, reason: str, correlation_id: str = "") -> SagaInstance:
+    """Start the cancellation saga of a paid order. Idempotent: one cancellation per order.
+
+    Raises ``OrderStateError`` for an order that is not paid (an unpaid order is cancelled
+    by its own saga's compensation, not by this).
+    """
+    from orders.sagas import CANCEL_ORDER
+    from payments.selectors import payments_for_order
+
+    order = Order.objects.select_for_update().get(pk=order_id)
+    if order.status not in (Order.Status.PAID, Order.Status.CANCELLED):
+        raise OrderStateError(order_id=order_id, status=order.status, wanted="CANCELLED")
+    place = (
+        SagaInstance.objects.filter(
+            business_key=order.business_key, definition="orders.place_order"
+        )
+        .order_by("created_at")
+        .first()
+    )
+    payment = payments_for_order(order_ref=order.business_key).first()
+    place_id = str(place.pk) if place else ""
+    return saga_start(
+        CANCEL_ORDER,
+        data={
+            "order_id": order.pk,
+            "reason": reason,
+            "charge_key": payment.key if payment else f"{place_id}:process_payment",
+            "points_key": f"{place_id}:deduct_points",
+            "reservation_key": f"{place_id}:reserve_stock",
+        },
+        business_key=order.business_key,
+        correlation_id=correlation_id,
+        dedup_key=f"{order.business_key}:cancel",
     )

@@ -35,6 +35,13 @@ def saga_problems(saga: Saga) -> list[str]:
                 resolve_callable(target)
             except ImportError as exc:
                 problems.append(f"{label}: {role} {target!r} cannot be imported ({exc})")
+    if saga.on_compensated is not None:
+        try:
+            resolve_callable(saga.on_compensated)
+        except ImportError as exc:
+            problems.append(
+                f"{saga.name} v{saga.version}: on_compensated cannot be imported ({exc})"
+            )
     return problems
 
 

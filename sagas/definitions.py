@@ -169,6 +169,9 @@ class Saga:
     tags: tuple[str, ...] = ()
     # Names of completed steps in the order to compensate them; reverse order when empty.
     compensation_order: tuple[str, ...] = ()
+    # Called once, in the transaction that marks the saga COMPENSATED (e.g. to close the
+    # business record with the reason); its context carries error_code and error_message.
+    on_compensated: StepFn | str | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -228,3 +231,8 @@ class StepContext:
     business_key: str = ""
     correlation_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def compensation_key(self) -> str:
+        """The idempotency key of this step's compensation (a refund, a release)."""
+        return f"{self.key}:compensation"

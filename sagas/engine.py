@@ -40,7 +40,13 @@ from l2c.errors import DomainError
 from sagas import fastpath
 from sagas.conf import saga_setting
 from sagas.deadletters import dead_letter_index_add, saga_dead_letter
-from sagas.definitions import Saga, Step, StepContext
+from sagas.definitions import (
+    DEFAULT_STEP_TIMEOUT,
+    Saga,
+    Step,
+    StepContext,
+    resolve_callable,
+)
 from sagas.exceptions import LeaseLost, PreconditionFailed, StepAlreadyRecorded, StepTimeout
 from sagas.leases import lease_acquire, lease_forget, lease_release, new_owner
 from sagas.models import SagaEvent, SagaInstance, SagaStep
@@ -779,6 +785,25 @@ class _Runner:
             )
         now = timezone.now()
         with transaction.atomic():
+            hook = resolve_callable(self.definition.on_compensated)
+            if hook is not None:
+                hook(
+                    StepContext(
+                        saga_id=str(self.saga_id),
+                        step="",
+                        key=f"{self.saga_id}:on_compensated",
+                        data=self.instance.context,
+                        results={},
+                        attempt=1,
+                        timeout=DEFAULT_STEP_TIMEOUT,
+                        business_key=self.instance.business_key,
+                        correlation_id=self.instance.correlation_id,
+                        extra={
+                            "error_code": self.instance.error_code,
+                            "error_message": self.instance.error_message,
+                        },
+                    )
+                )
             self._update_saga(
                 release=True,
                 status=Status.COMPENSATED,
@@ -796,7 +821,10 @@ class _Runner:
         timezone.now()
         clock = time.monotonic()
         ctx = self._context(step, attempt)
-        ctx.extra["compensation_key"] = f"{ctx.key}:compensation"
+        # A compensation may record why it undoes (an order cancelled "card declined").
+        ctx.extra.update(
+            error_code=self.instance.error_code, error_message=self.instance.error_message
+        )
         compensate = step.compensate_fn()
         assert compensate is not None
         try:

@@ -111,7 +111,7 @@ def _charge(ctx: StepContext) -> dict:
 def _refund(ctx: StepContext) -> None:
     from payments.services import payment_refund
 
-    payment_refund(key=ctx.extra["compensation_key"], charge_key=ctx.key, reason="compensated")
+    payment_refund(key=ctx.compensation_key, charge_key=ctx.key, reason="compensated")
 
 
 def _resolve_charge(ctx: StepContext) -> dict | None:
