@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 
 from django.conf import settings
 
+from payments.circuit import gateway_breaker
 from payments.exceptions import (
     CardDeclined,
     GatewayTimeout,
@@ -175,13 +176,13 @@ class GatewayClient:
 
     def ledger(self) -> dict[str, Any]:
         """The gateway's totals: charged, refunded (decimal strings), counts and by_key."""
-        response = self._request("GET", "/v1/ledger")
+        response = self._request("GET", "/v1/ledger", guarded=False)
         self._raise_for_status(response, what="ledger")
         return response.body
 
     def health(self) -> bool:
         try:
-            response = self._request("GET", "/health")
+            response = self._request("GET", "/health", guarded=False)
         except (GatewayUnavailable, GatewayTimeout):
             return False
         return response.status == 200 and response.body.get("ok") is True
@@ -195,6 +196,28 @@ class GatewayClient:
         *,
         body: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        guarded: bool = True,
+    ) -> _Response:
+        """One HTTP exchange. ``guarded`` calls go through the circuit breaker: refused at
+        once while it is open, and counted (a failure is no answer, a 5xx or a 429)."""
+        if not guarded:
+            return self._exchange(method, path, body=body, idempotency_key=idempotency_key)
+        gateway_breaker.before_call()
+        try:
+            response = self._exchange(method, path, body=body, idempotency_key=idempotency_key)
+        except (GatewayUnavailable, GatewayTimeout):
+            gateway_breaker.record(ok=False)
+            raise
+        gateway_breaker.record(ok=response.status < 500 and response.status != 429)
+        return response
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None,
+        idempotency_key: str | None,
     ) -> _Response:
         headers = {
             "Authorization": f"Bearer {self._api_key}",
