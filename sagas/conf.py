@@ -21,6 +21,9 @@ DEFAULTS: dict[str, Any] = {
     # Priority name (LOW, NORMAL, HIGH, CRITICAL) -> django-q2 cluster name; absent = default.
     "PRIORITY_QUEUES": {},
     "RECOVERY_BATCH": 200,
+    # Monitoring thresholds [seed 000]: no progress for 10 min is stuck, over 5 min is long.
+    "STUCK_AFTER_SECONDS": 600,
+    "LONG_RUNNING_SECONDS": 300,
     # How often the timer thread runs recovery, the deadline check and the outbox relay.
     "RECOVERY_INTERVAL_SECONDS": 30.0,
     "TIMEOUT_CHECK_INTERVAL_SECONDS": 60.0,
