@@ -5,6 +5,8 @@ ci_apt_install_services() {
   local need=()
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  # The browser tests drive Debian's chromium through Playwright (never its own download).
+  [ -x /usr/bin/chromium ] || need+=(chromium)
   [ ${#need[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
     echo "PostgreSQL and Redis are missing: run as root (apt-get install ${need[*]})" >&2
