@@ -48,7 +48,7 @@ from sagas.definitions import (
     resolve_callable,
 )
 from sagas.exceptions import LeaseLost, PreconditionFailed, StepAlreadyRecorded, StepTimeout
-from sagas.leases import lease_acquire, lease_forget, lease_release, new_owner
+from sagas.leases import lease_forget, lease_release, lease_take, new_owner
 from sagas.models import SagaEvent, SagaInstance, SagaStep
 from sagas.registry import registry
 from sagas.testing import fault_point
@@ -91,28 +91,35 @@ def saga_start(
     """
     definition = _definition(saga, version)
     now = timezone.now()
+    instance = SagaInstance(
+        definition=definition.name,
+        version=definition.version,
+        business_key=business_key,
+        correlation_id=correlation_id,
+        dedup_key=dedup_key,
+        priority=int(definition.priority),
+        tags=list(definition.tags),
+        context=_jsonable(dict(data)),
+        deadline=now + timedelta(seconds=definition.deadline),
+        created_at=now,
+        updated_at=now,
+    )
+    event = SagaEvent(kind=Kind.STARTED, status=Status.STARTED, created_at=now)
     with transaction.atomic():
         try:
             # The savepoint is only needed to survive a dedup_key conflict.
             with transaction.atomic(savepoint=dedup_key is not None):
-                instance = SagaInstance.objects.create(
-                    definition=definition.name,
-                    version=definition.version,
-                    business_key=business_key,
-                    correlation_id=correlation_id,
-                    dedup_key=dedup_key,
-                    priority=int(definition.priority),
-                    tags=list(definition.tags),
-                    context=_jsonable(dict(data)),
-                    deadline=now + timedelta(seconds=definition.deadline),
-                )
+                if fastpath.enabled():
+                    fastpath.saga_insert(instance=instance, event=event)
+                else:
+                    instance.save(force_insert=True)
+                    event.saga = instance
+                    event.save(force_insert=True)
         except IntegrityError:
             if dedup_key is None:
                 raise
             return SagaInstance.objects.get(dedup_key=dedup_key)
-        SagaEvent.objects.create(
-            saga=instance, kind=Kind.STARTED, status=Status.STARTED, created_at=now
-        )
+        instance._state.adding = False
         if enqueue:
             # robust: the saga is committed whatever the broker says; when the broker is
             # down, recovery finds the saga without a task and hands it over later.
@@ -160,10 +167,11 @@ def saga_run(saga_id: object, *, owner: str | None = None) -> str | None:
     """Run a saga as far as it can go now. Returns its status, or None when another runner
     holds it (a duplicate delivery: nothing to do)."""
     owner = owner or new_owner()
-    if not lease_acquire(saga_id, owner, saga_setting("LEASE_SECONDS")):
+    instance = lease_take(saga_id, owner, saga_setting("LEASE_SECONDS"))
+    if instance is None:
         return None
     try:
-        runner = _Runner(saga_id, owner)
+        runner = _Runner(instance, owner)
     except BaseException:
         lease_release(saga_id, owner)
         raise
@@ -227,11 +235,11 @@ def _time_limit(seconds: float) -> Iterator[None]:
 
 
 class _Runner:
-    def __init__(self, saga_id: object, owner: str):
-        self.saga_id = saga_id
+    def __init__(self, instance: SagaInstance, owner: str):
+        self.saga_id = instance.pk
         self.owner = owner
         self.released = False
-        self.instance = SagaInstance.objects.get(pk=saga_id)
+        self.instance = instance
         self.definition = registry.get(self.instance.definition, self.instance.version)
         # A first run has no step rows to read; a row written meanwhile by someone else (an
         # operator's skip) shows up as a conflict on insert and is handled there.

@@ -131,3 +131,52 @@ def saga_finish(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount > 0
+
+
+def saga_insert(*, instance: Any, event: SagaEvent) -> None:
+    """Insert a new saga row and its first event in one statement (one round trip, atomic
+    on its own). A taken dedup_key raises IntegrityError."""
+    from sagas.models import SagaInstance
+
+    fields = [f for f in SagaInstance._meta.concrete_fields]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    values = [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
+    sql = (
+        f"WITH s AS (INSERT INTO {SagaInstance._meta.db_table} ({columns})"
+        f" VALUES ({placeholders}) RETURNING id)"
+        f" INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS})"
+        " SELECT s.id, %s, %s, %s, %s, %s, %s, %s::jsonb, %s FROM s"
+    )
+    params = [
+        *values,
+        event.kind,
+        event.step,
+        event.attempt,
+        event.status,
+        event.actor,
+        event.reason,
+        _dumps(event.detail or {}),
+        event.created_at,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def lease_take(*, saga_id: Any, owner: str, expires_at: datetime, now: datetime) -> Any:
+    """Take the lease and read the saga in one statement (UPDATE ... RETURNING); None when
+    it is finished or somebody else holds it. A new saga moves to EXECUTING on the way."""
+    from sagas.models import SagaInstance
+
+    table = SagaInstance._meta.db_table
+    active = ", ".join(f"'{status}'" for status in SagaInstance.ACTIVE)
+    sql = (
+        f"UPDATE {table} SET lease_owner = %s, lease_expires_at = %s, runs = runs + 1,"
+        " updated_at = %s,"
+        " status = CASE WHEN status = 'STARTED' THEN 'EXECUTING' ELSE status END"
+        f" WHERE id = %s AND status IN ({active})"
+        " AND (lease_expires_at IS NULL OR lease_expires_at < %s)"
+        f" RETURNING {table}.*"
+    )
+    rows = list(SagaInstance.objects.raw(sql, [owner, expires_at, now, saga_id, now]))
+    return rows[0] if rows else None

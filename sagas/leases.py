@@ -95,6 +95,26 @@ def lease_acquire(saga_id: object, owner: str, seconds: float) -> bool:
     return bool(taken)
 
 
+def lease_take(saga_id: object, owner: str, seconds: float) -> SagaInstance | None:
+    """Take the lease like ``lease_acquire`` and return the saga as it is now (read under
+    the lease), or None. On PostgreSQL both are one statement."""
+    from sagas import fastpath
+
+    if not fastpath.enabled():
+        if not lease_acquire(saga_id, owner, seconds):
+            return None
+        return SagaInstance.objects.get(pk=saga_id)
+    if not _redis_gate(saga_id, owner, seconds):
+        return None
+    now = timezone.now()
+    instance = fastpath.lease_take(
+        saga_id=saga_id, owner=owner, expires_at=now + timedelta(seconds=seconds), now=now
+    )
+    if instance is None:
+        _redis_release(saga_id, owner)
+    return instance
+
+
 def lease_release(saga_id: object, owner: str) -> None:
     SagaInstance.objects.filter(pk=saga_id, lease_owner=owner).update(
         lease_owner="", lease_expires_at=None

@@ -285,3 +285,6 @@ class WebhookSubscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} -> {self.url}"
+
+
+from sagas.proxies import *  # noqa: E402, F403
