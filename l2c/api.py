@@ -1,25 +1,47 @@
-"""The API's error shape: every error is ``{"code", "message", "extra"}`` plus field errors."""
+"""The API's plumbing: the error shape, the bounded JSON parser and the throttles.
+
+Every error is ``{"code", "message"}`` plus ``"errors"`` (field errors) or ``"extra"``
+(the structured data of a business error).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from typing import IO, Any
 
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
-from rest_framework import exceptions, status
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.http import Http404, HttpRequest, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions, serializers, status
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.settings import api_settings
+from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 
 from l2c.errors import DomainError
 
 
+class RequestTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is larger than the server accepts."
+    default_code = "request_too_large"
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    # Imported here: rest_framework.views loads DEFAULT_THROTTLE_CLASSES, which name this
+    # module, so a module-level import would be circular when this module loads first.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     if isinstance(exc, DomainError):
         return Response(exc.as_dict(), status=status.HTTP_409_CONFLICT)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        # Django raises it from request.body; left alone it would become an HTML 400.
+        exc = RequestTooLarge()
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -33,3 +55,91 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         detail = response.data.get("detail", "") if isinstance(response.data, dict) else ""
         response.data = {"code": exc.get_codes(), "message": str(detail)}
     return response
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The error body, for the schema."""
+
+    code = serializers.CharField()
+    message = serializers.CharField()
+    errors = serializers.DictField(required=False, help_text="Field errors, by field name.")
+    extra = serializers.DictField(required=False, help_text="Data of a business error.")
+
+    class Meta:
+        ref_name = "Error"
+
+
+class BoundedJSONParser(JSONParser):
+    """JSON bodies up to DATA_UPLOAD_MAX_MEMORY_SIZE; a larger one is answered with 413.
+
+    DRF reads the body as a stream, which skips Django's own size check (that one only
+    guards ``request.body``), so the limit is enforced here before anything is decoded.
+    """
+
+    def parse(
+        self,
+        stream: IO[bytes],
+        media_type: str | None = None,
+        parser_context: dict[str, Any] | None = None,
+    ) -> Any:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if limit is not None:
+            request = (parser_context or {}).get("request")
+            declared = request.META.get("CONTENT_LENGTH") if request is not None else None
+            if declared and str(declared).isdigit() and int(declared) > limit:
+                raise RequestTooLarge()
+            body = stream.read(limit + 1)
+            if len(body) > limit:
+                raise RequestTooLarge()
+            stream = io.BytesIO(body)
+        return super().parse(stream, media_type, parser_context)
+
+
+class _SettingsRate:
+    """Read the rate from the current settings on every request.
+
+    DRF binds ``THROTTLE_RATES`` when the module is imported, so a changed setting (an
+    override in a test, a reloaded config) would otherwise go unnoticed.
+    """
+
+    scope: str | None
+
+    def get_rate(self) -> str | None:
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+
+class UserThrottle(_SettingsRate, UserRateThrottle):
+    """Requests per authenticated user (or per address for anonymous ones)."""
+
+
+class AnonThrottle(_SettingsRate, AnonRateThrottle):
+    """Requests per address from anonymous clients."""
+
+
+class OrderSubmitThrottle(_SettingsRate, UserRateThrottle):
+    """Order submissions per user; the ``orders`` rate. No rate configured: no limit."""
+
+    scope = "orders"
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> Any:
+    """handler404: API clients get the JSON error shape, the rest Django's page."""
+    if _wants_json(request):
+        return JsonResponse(
+            {"code": "not_found", "message": "Not found."}, status=status.HTTP_404_NOT_FOUND
+        )
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> Any:
+    """handler500: API clients get the JSON error shape, the rest Django's page."""
+    if _wants_json(request):
+        return JsonResponse(
+            {"code": "server_error", "message": "The server failed to handle the request."},
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+    return defaults.server_error(request)

@@ -92,3 +92,43 @@ class OrderLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.sku} x {self.quantity}"
+
+
+class IdempotencyRecord(models.Model):
+    """An API request made under an ``Idempotency-Key``, and the answer it got.
+
+    The unique (user, key) pair is the claim: the first INSERT wins, and every later request
+    with the key either replays the stored answer, waits its turn (409) or is refused for
+    carrying a different body (422).
+    """
+
+    class State(models.TextChoices):
+        IN_PROGRESS = "IN_PROGRESS"
+        DONE = "DONE"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=255)
+    # sha256 of the body as canonical JSON: whitespace and key order do not matter.
+    fingerprint = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_PROGRESS)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The rendered JSON text, not a JSONField: jsonb reorders keys and a replay must be
+    # byte-identical to the first answer.
+    response_body = models.TextField(blank=True)
+    response_headers = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField()
+    # When the current holder took the claim; a claim left by a crashed process is taken
+    # over once it is old enough.
+    claimed_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_user_key_unique"),
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="idempotency_expires_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} [{self.key}] ({self.state})"

@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     # A saga still failing after this long goes to the dead-letter queue [seed 001: 3 days].
     "DEAD_LETTER_AFTER_SECONDS": 3 * 24 * 3600.0,
     "MAX_RECOVERY_ATTEMPTS": 10,
+    # Dotted path of fn(*, user, saga) -> bool: which sagas a non-staff API user may read.
+    "API_VISIBILITY": None,
 }
 
 

@@ -49,6 +49,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI and ReDoc served from our own static files: the docs page loads no CDN.
+    "drf_spectacular_sidecar",
     "django_q",
     "django_prometheus",
     "sagas",
@@ -61,6 +63,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # X-Correlation-ID in and out, and the JSON access log line of every /api/ request.
+    "l2c.middleware.CorrelationIdMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -191,6 +195,7 @@ SAGAS = {
     "RECOVERY_INTERVAL_SECONDS": env_float("SAGA_RECOVERY_INTERVAL_SECONDS", 30.0),
     "TIMEOUT_CHECK_INTERVAL_SECONDS": env_float("SAGA_TIMEOUT_CHECK_INTERVAL_SECONDS", 60.0),
     "OUTBOX_RELAY_INTERVAL_SECONDS": env_float("OUTBOX_RELAY_INTERVAL_SECONDS", 5.0),
+    "API_VISIBILITY": "orders.selectors.saga_visible_to",
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
@@ -227,9 +232,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "l2c.api.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["l2c.api.UserThrottle", "l2c.api.AnonThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "user": env_str("API_THROTTLE_USER", "6000/min"),
         "anon": env_str("API_THROTTLE_ANON", "60/min"),
+        # POST /api/orders/ per user, on top of the user rate.
+        "orders": env_str("API_THROTTLE_ORDERS", "600/min"),
     },
 }
 SPECTACULAR_SETTINGS = {
@@ -237,6 +245,15 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Orders placed as sagas across inventory, points and payments.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Three models have a "status" field with their own choices; name each enum.
+    "ENUM_NAME_OVERRIDES": {
+        "OrderStatusEnum": "orders.models.Order.Status",
+        "SagaStatusEnum": "sagas.models.SagaInstance.Status",
+        "SagaStepStatusEnum": "sagas.models.SagaStep.Status",
+    },
 }
 
 # --- Business settings ----------------------------------------------------------------------
@@ -251,11 +268,20 @@ PAYMENT_GATEWAY_API_KEY = env_str("PAYMENT_GATEWAY_API_KEY", "sk_test_l2c")
 PAYMENT_GATEWAY_TIMEOUT = env_float("PAYMENT_GATEWAY_TIMEOUT", 60.0)
 
 # --- Logging --------------------------------------------------------------------------------
+# LOG_FORMAT=json (the default unless DEBUG): one JSON object per line, with the fields of
+# saga transitions ("sagas" loggers) and API requests ("l2c.request"); plain is for reading
+# in a terminal. Every logger goes through the one console handler, so the output is uniform.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain" if DEBUG else "json")
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use json or plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"()": "l2c.logging.PlainFormatter"},
+        "json": {"()": "l2c.logging.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
