@@ -55,14 +55,16 @@ def check_workers() -> Check:
     processes; the local-memory cache of the embedded default is not, so there the check
     says it cannot tell rather than report every worker dead.
     """
-    from django_q.brokers import get_broker
+    from django.core.cache.backends.locmem import LocMemCache
+    from django_q.brokers import Broker, get_broker
     from django_q.conf import Conf
     from django_q.status import Stat
 
     broker = get_broker()
+    # Brokers that do not store statuses themselves (ORM) leave them to Django's cache.
+    uses_cache = type(broker).get_stats is Broker.get_stats
     cache = getattr(broker, "cache", None)
-    uses_cache = type(broker).__name__ != "Redis"
-    if uses_cache and (cache is None or "LocMemCache" in type(cache).__name__):
+    if uses_cache and (cache is None or isinstance(cache, LocMemCache)):
         return {"ok": True, "skipped": "cluster status is not shared between processes"}
     clusters = [
         {

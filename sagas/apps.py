@@ -13,6 +13,9 @@ class SagasConfig(AppConfig):
 
         from sagas import checks  # noqa: F401  (registers the system checks)
         from sagas.conf import saga_setting
+        from sagas.metrics import register_saga_metrics
+
+        register_saga_metrics()
         from sagas.schedules import ensure_engine_schedules
 
         # Every app's sagas.py registers its definitions, as admin.py registers admins.

@@ -72,6 +72,40 @@ def _jsonable(value: Any) -> Any:
     return json.loads(_json.encode(value)) if value is not None else None
 
 
+def _log_transition(
+    level: int,
+    instance: SagaInstance,
+    event: str,
+    status: str,
+    message: str,
+    *args: Any,
+    step: str = "",
+    attempt: int | None = None,
+    duration_ms: int | None = None,
+    started_at: datetime | None = None,
+    **fields: Any,
+) -> None:
+    """One line per saga or step transition, with the fields a JSON log needs to follow a
+    saga (``LOG_FORMAT=json``). Returns at once when the level is off: the hot path pays a
+    call and a level check, nothing is built."""
+    if not logger.isEnabledFor(level):
+        return
+    if duration_ms is None and started_at is not None:
+        duration_ms = int((timezone.now() - started_at).total_seconds() * 1000)
+    extra = {
+        "event": event,
+        "saga_id": str(instance.pk),
+        "correlation_id": instance.correlation_id,
+        "definition": instance.definition,
+        "step": step,
+        "status": status,
+        "attempt": attempt,
+        "duration_ms": duration_ms,
+        **fields,
+    }
+    logger.log(level, message, *args, extra=extra)
+
+
 # --- Starting -----------------------------------------------------------------------------
 
 
@@ -120,6 +154,9 @@ def saga_start(
                 raise
             return SagaInstance.objects.get(dedup_key=dedup_key)
         instance._state.adding = False
+        _log_transition(
+            logging.INFO, instance, "saga_started", "started", "saga %s started", instance.pk
+        )
         if enqueue:
             # robust: the saga is committed whatever the broker says; when the broker is
             # down, recovery finds the saga without a task and hands it over later.
@@ -364,6 +401,18 @@ class _Runner:
             return self._after_failure(step, index, attempt, started, clock, error)
         fault_point(f"{step.name}.after_commit")
         logger.debug("saga %s step %s completed: %s", self.saga_id, step.name, output)
+        _log_transition(
+            logging.INFO,
+            self.instance,
+            "step_completed",
+            "completed",
+            "saga %s step %s completed",
+            self.saga_id,
+            step.name,
+            step=step.name,
+            attempt=attempt,
+            duration_ms=getattr(self.rows.get(step.name), "duration_ms", None),
+        )
         return _Outcome.DONE, None
 
     def _update_current(self, step: Step) -> None:
@@ -669,13 +718,23 @@ class _Runner:
                 self._update_saga(release=True, **saga_fields)
             else:
                 self._update_saga(**saga_fields)
-        logger.info(
+        _log_transition(
+            logging.INFO,
+            self.instance,
+            "step_failed",
+            "failed",
             "saga %s step %s attempt %s failed (%s): %s",
             self.saga_id,
             step.name,
             attempt,
             "retry" if retryable else "give up",
             failure.message,
+            step=step.name,
+            attempt=attempt,
+            duration_ms=fields["duration_ms"],
+            retry=retryable,
+            delay_seconds=round(delay, 3),
+            error_code=failure.code,
         )
         if retryable:
             return _Outcome.WAIT, None if next_at is None else failure
@@ -706,11 +765,24 @@ class _Runner:
             ):
                 raise LeaseLost(str(self.saga_id))
             self.released = True
+            self._log_completed()
             return Status.COMPLETED
         with transaction.atomic():
             self._update_saga(release=True, **fields)
             self._events(event)
+        self._log_completed()
         return Status.COMPLETED
+
+    def _log_completed(self) -> None:
+        _log_transition(
+            logging.INFO,
+            self.instance,
+            "saga_completed",
+            "completed",
+            "saga %s completed",
+            self.saga_id,
+            started_at=self.instance.created_at,
+        )
 
     def _time_out(self) -> str:
         now = timezone.now()
@@ -721,6 +793,16 @@ class _Runner:
                 error_message=f"the saga passed its deadline of {self.definition.deadline:g} s",
             )
             self._events(SagaEvent(kind=Kind.TIMED_OUT, status=Status.TIMEOUT, created_at=now))
+        _log_transition(
+            logging.WARNING,
+            self.instance,
+            "saga_timed_out",
+            "timeout",
+            "saga %s passed its deadline",
+            self.saga_id,
+            started_at=self.instance.created_at,
+            error_code="deadline_exceeded",
+        )
         return self._backward()
 
     def _begin_compensation(self, *, code: str, message: str) -> str:
@@ -738,6 +820,16 @@ class _Runner:
                     created_at=now,
                 )
             )
+        _log_transition(
+            logging.INFO,
+            self.instance,
+            "compensation_started",
+            "compensating",
+            "saga %s compensating: %s",
+            self.saga_id,
+            code,
+            error_code=code,
+        )
         return self._backward()
 
     # -- compensation -----------------------------------------------------------------------
@@ -822,6 +914,16 @@ class _Runner:
             self._events(
                 SagaEvent(kind=Kind.COMPENSATED, status=Status.COMPENSATED, created_at=now)
             )
+        _log_transition(
+            logging.INFO,
+            self.instance,
+            "saga_compensated",
+            "compensated",
+            "saga %s compensated",
+            self.saga_id,
+            started_at=self.instance.created_at,
+            error_code=self.instance.error_code,
+        )
         return Status.COMPENSATED
 
     def _compensate(self, step: Step, row: SagaStep) -> str:
@@ -866,6 +968,18 @@ class _Runner:
             for name, value in fields.items():
                 setattr(row, name, value)
             fault_point(f"{step.name}.after_compensate")
+            _log_transition(
+                logging.INFO,
+                self.instance,
+                "step_compensated",
+                "compensated",
+                "saga %s step %s compensated",
+                self.saga_id,
+                step.name,
+                step=step.name,
+                attempt=attempt,
+                duration_ms=int((time.monotonic() - clock) * 1000),
+            )
             return _Outcome.DONE
         except LeaseLost:
             raise
@@ -921,12 +1035,21 @@ class _Runner:
                 self._update_saga(release=True, wake_at=next_at, current_step=step.name)
             else:
                 self._update_saga(current_step=step.name)
-        logger.warning(
+        _log_transition(
+            logging.WARNING,
+            self.instance,
+            "compensation_failed",
+            "compensating" if retryable else "failed",
             "saga %s compensation of %s attempt %s failed: %s",
             self.saga_id,
             step.name,
             attempt,
             failure.message,
+            step=step.name,
+            attempt=attempt,
+            retry=retryable,
+            delay_seconds=round(delay, 3),
+            error_code=failure.code,
         )
         if not retryable:
             return _Outcome.GIVE_UP
@@ -952,6 +1075,17 @@ class _Runner:
                 )
                 if fenced.update(compensation_status=Comp.EMPTY, compensated_at=now):
                     row.compensation_status = Comp.EMPTY
+                    _log_transition(
+                        logging.INFO,
+                        self.instance,
+                        "compensation_empty",
+                        "empty",
+                        "saga %s step %s never took effect: nothing to compensate",
+                        self.saga_id,
+                        row.name,
+                        step=row.name,
+                        attempt=row.attempts,
+                    )
                     self._events(
                         SagaEvent(
                             kind=Kind.COMPENSATION_EMPTY,
@@ -981,7 +1115,17 @@ class _Runner:
             )
             saga_id = self.saga_id
             transaction.on_commit(lambda: dead_letter_index_add(saga_id))
-        logger.error("saga %s dead-lettered: %s", self.saga_id, reason)
+        _log_transition(
+            logging.ERROR,
+            self.instance,
+            "saga_failed",
+            status.lower(),
+            "saga %s dead-lettered: %s",
+            self.saga_id,
+            reason,
+            started_at=self.instance.created_at,
+            error_code=code,
+        )
         return status
 
 

@@ -7,6 +7,8 @@ ci_apt_install_services() {
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   # The browser tests drive Debian's chromium through Playwright (never its own download).
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  # promtool checks the alert rules and their unit tests under deploy/.
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
   [ ${#need[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
     echo "PostgreSQL and Redis are missing: run as root (apt-get install ${need[*]})" >&2
