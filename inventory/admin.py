@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from inventory.models import Product, Reservation, ReservationLine, Restock, Stock
-from l2c.admin import ReadOnlyAdmin
+from l2c.admin import ReadOnlyAdmin, saga_link
 
 
 class StockInline(admin.StackedInline):
@@ -53,15 +53,25 @@ class ReservationLineInline(admin.TabularInline):
 
 @admin.register(Reservation)
 class ReservationAdmin(ReadOnlyAdmin):
-    list_display = ["key", "status", "expires_at", "created_at"]
+    list_display = ["key", "status", "expires_at", "created_at", "saga"]
     list_filter = ["status"]
     search_fields = ["key"]
     date_hierarchy = "created_at"
+    readonly_fields = ["saga"]
     inlines = [ReservationLineInline]
+
+    @admin.display(description="saga")
+    def saga(self, obj) -> str:
+        return saga_link(obj.key)
 
 
 @admin.register(Restock)
 class RestockAdmin(ReadOnlyAdmin):
-    list_display = ["key", "product", "quantity", "reason", "created_at"]
+    list_display = ["key", "product", "quantity", "reason", "created_at", "saga"]
     list_select_related = ["product"]
     search_fields = ["key", "product__sku"]
+    readonly_fields = ["saga"]
+
+    @admin.display(description="saga")
+    def saga(self, obj) -> str:
+        return saga_link(obj.key)

@@ -5,18 +5,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
+from l2c.admin import ReadOnlyAdmin, saga_link
 from payments.models import Payment, Refund
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 class RefundInline(admin.TabularInline):
@@ -44,18 +34,37 @@ class PaymentAdmin(ReadOnlyAdmin):
         "status",
         "gateway_charge_id",
         "created_at",
+        "saga",
     ]
     list_filter = ["status", "currency", "method"]
     search_fields = ["key", "order_ref", "gateway_charge_id"]
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
+    readonly_fields = ["saga"]
     inlines = [RefundInline]
+
+    @admin.display(description="saga")
+    def saga(self, obj) -> str:
+        return saga_link(obj.key)
 
 
 @admin.register(Refund)
 class RefundAdmin(ReadOnlyAdmin):
-    list_display = ["key", "payment", "amount", "gateway_refund_id", "reason", "created_at"]
+    list_display = [
+        "key",
+        "payment",
+        "amount",
+        "gateway_refund_id",
+        "reason",
+        "created_at",
+        "saga",
+    ]
     list_filter = ["payment__status"]
     search_fields = ["key", "payment__key", "payment__order_ref", "gateway_refund_id"]
     list_select_related = ["payment"]
     ordering = ["-created_at"]
+    readonly_fields = ["saga"]
+
+    @admin.display(description="saga")
+    def saga(self, obj) -> str:
+        return saga_link(obj.key)

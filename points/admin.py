@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from l2c.admin import ReadOnlyAdmin
+from l2c.admin import ReadOnlyAdmin, saga_link
 from points.models import PointsAccount, PointsEntry
 
 
@@ -13,7 +13,12 @@ class PointsAccountAdmin(ReadOnlyAdmin):
 
 @admin.register(PointsEntry)
 class PointsEntryAdmin(ReadOnlyAdmin):
-    list_display = ["key", "account", "kind", "amount", "created_at"]
+    list_display = ["key", "account", "kind", "amount", "created_at", "saga"]
     list_filter = ["kind"]
     search_fields = ["key"]
     list_select_related = ["account__customer"]
+    readonly_fields = ["saga"]
+
+    @admin.display(description="saga")
+    def saga(self, obj) -> str:
+        return saga_link(obj.key)

@@ -14,6 +14,8 @@ Pictures are inline SVG computed here: no JavaScript, nothing loaded from elsewh
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -27,17 +29,16 @@ from django.contrib import messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import Count, Q
-from django.db.models.functions import TruncMinute
+from django.db.models.functions import TruncHour, TruncMinute
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from sagas.deadletters import dead_letter_resolve, dead_letter_retry
-from sagas.definitions import Retry, Saga, Step
+from sagas.definitions import Retry, Saga
 from sagas.exceptions import InvalidIntervention, SagaBusy
 from sagas.models import Intervention, SagaEvent, SagaInstance, SagaStep
 from sagas.registry import SagaNotRegistered, registry
@@ -60,8 +61,8 @@ STATUS_COLORS = {
     Status.STARTED: "#546e7a",
     Status.EXECUTING: "#1565c0",
     Status.COMPLETED: "#2e7d32",
-    Status.COMPENSATING: "#ef6c00",
-    Status.COMPENSATED: "#8d6e63",
+    Status.COMPENSATING: "#ffa000",
+    Status.COMPENSATED: "#ef6c00",
     Status.FAILED: "#c62828",
     Status.TIMEOUT: "#6a1b9a",
 }
@@ -201,22 +202,31 @@ class InterventionForm(forms.Form):
         help_text="Why: kept in the saga's history and the audit log.",
     )
 
-    def __init__(self, *args: Any, steps: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, steps: list[tuple[str, str]] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         if steps is not None:
+            pending = [name for name, label in steps if label == name]
             self.fields = {
-                "step": forms.ChoiceField(choices=[(name, name) for name in steps]),
+                "step": forms.ChoiceField(
+                    choices=steps,
+                    initial=pending[0] if pending else None,
+                    help_text="The step to mark as skipped.",
+                ),
                 **self.fields,
             }
 
 
-def skippable_steps(sagas: Iterable[SagaInstance]) -> list[str]:
-    """Steps of the sagas' definitions that none of them completed or skipped yet."""
+def step_choices(sagas: Iterable[SagaInstance]) -> list[tuple[str, str]]:
+    """The steps of the sagas' definitions, those already completed or skipped labelled so
+    (choosing one is allowed: the service records it as not effective)."""
     sagas = list(sagas)
-    done = set(
-        SagaStep.objects.filter(
+    done = dict(
+        (name, status.lower())
+        for name, status in SagaStep.objects.filter(
             saga__in=sagas, status__in=[SagaStep.Status.COMPLETED, SagaStep.Status.SKIPPED]
-        ).values_list("saga_id", "name")
+        ).values_list("name", "status")
     )
     names: list[str] = []
     for saga in sagas:
@@ -226,10 +236,8 @@ def skippable_steps(sagas: Iterable[SagaInstance]) -> list[str]:
             steps = list(
                 SagaStep.objects.filter(saga=saga).order_by("index").values_list("name", flat=True)
             )
-        names.extend(
-            name for name in steps if name not in names and (saga.pk, name) not in done
-        )
-    return names
+        names.extend(name for name in steps if name not in names)
+    return [(name, f"{name} ({done[name]})" if name in done else name) for name in names]
 
 
 def _log_message(verb: Verb, intervention: Intervention) -> str:
@@ -270,9 +278,7 @@ def perform_interventions(
             )
             continue
         except SagaInstance.DoesNotExist:
-            model_admin.message_user(
-                request, f"Saga {saga.pk} no longer exists.", messages.ERROR
-            )
+            model_admin.message_user(request, f"Saga {saga.pk} no longer exists.", messages.ERROR)
             continue
         done.append(intervention)
         if intervention.effective:
@@ -342,7 +348,7 @@ def intervention_action(
             messages.ERROR,
         )
         return None
-    steps = skippable_steps(sagas) if verb.needs_step else None
+    steps = step_choices(sagas) if verb.needs_step else None
     if request.POST.get("post") == "yes":
         form = InterventionForm(request.POST, steps=steps)
         if form.is_valid():
@@ -368,13 +374,11 @@ def intervene_view(
     if verb is None:
         raise Http404(f"no intervention {verb_name!r}")
     saga = model_admin.get_object(request, unquote(object_id))
-    if not model_admin.has_view_permission(request, saga) or not request.user.has_perm(
-        verb.perm
-    ):
+    if not model_admin.has_view_permission(request, saga) or not request.user.has_perm(verb.perm):
         raise PermissionDenied
     if saga is None:
         raise Http404("no such saga")
-    steps = skippable_steps([saga]) if verb.needs_step else None
+    steps = step_choices([saga]) if verb.needs_step else None
     form = InterventionForm(request.POST or None, steps=steps)
     if request.method == "POST" and form.is_valid():
         perform_interventions(
@@ -502,6 +506,7 @@ class Timeline:
     bars: list[dict[str, Any]] = field(default_factory=list)
     markers: list[dict[str, Any]] = field(default_factory=list)
     ticks: list[dict[str, Any]] = field(default_factory=list)
+    breaks: list[dict[str, Any]] = field(default_factory=list)
     legend: list[dict[str, str]] = field(default_factory=list)
     truncated: int = 0
 
@@ -511,14 +516,74 @@ def _ms(detail: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def _offset(seconds: float) -> str:
+def _offset(seconds: float, digits: int = 1) -> str:
     if seconds < 1:
-        return f"+{seconds * 1000:.0f} ms"
+        return f"+{seconds * 1000:.{max(digits - 1, 0)}f} ms"
     if seconds < 120:
-        return f"+{seconds:.1f} s"
+        return f"+{seconds:.{digits}f} s"
     if seconds < 7200:
-        return f"+{seconds / 60:.1f} min"
-    return f"+{seconds / 3600:.1f} h"
+        return f"+{seconds / 60:.{digits}f} min"
+    return f"+{seconds / 3600:.{digits}f} h"
+
+
+class _TimeScale:
+    """Maps moments to x. A long idle stretch (waiting for a delayed retry, for an operator)
+    would squeeze everything else into a few pixels, so each one that takes more than 40 %
+    of what is left is drawn as a fixed-width break instead."""
+
+    BREAK_PX = 44.0
+
+    def __init__(self, moments: list[datetime]) -> None:
+        self.points = sorted(set(moments))
+        self.start = self.points[0]
+        self.gaps = [
+            (later - earlier).total_seconds() for earlier, later in itertools.pairwise(self.points)
+        ]
+        self.cut: set[int] = set()
+        while len(self.cut) < 8:
+            open_gaps = [(gap, i) for i, gap in enumerate(self.gaps) if i not in self.cut]
+            if not open_gaps:
+                break
+            total = sum(gap for gap, _ in open_gaps)
+            gap, index = max(open_gaps)
+            if gap < 0.5 or gap <= 0.4 * total or total - gap <= 0:
+                break
+            self.cut.add(index)
+        self.xs: list[float] = []
+
+    def fit(self, left: float, width: float) -> None:
+        real = sum(gap for i, gap in enumerate(self.gaps) if i not in self.cut)
+        free = width - self.BREAK_PX * len(self.cut)
+        per_second = free / real if real > 0 else 0.0
+        self.xs = [left]
+        for i, gap in enumerate(self.gaps):
+            self.xs.append(self.xs[-1] + (self.BREAK_PX if i in self.cut else gap * per_second))
+
+    def x(self, moment: datetime) -> float:
+        index = bisect.bisect_right(self.points, moment) - 1
+        if index < 0:
+            return round(self.xs[0], 1)
+        if index >= len(self.gaps):
+            return round(self.xs[-1], 1)
+        gap = self.gaps[index]
+        fraction = (moment - self.points[index]).total_seconds() / gap if gap else 0.0
+        return round(self.xs[index] + fraction * (self.xs[index + 1] - self.xs[index]), 1)
+
+    def time_at(self, x: float) -> datetime | None:
+        """The moment drawn at ``x``; None inside a break."""
+        for i, gap in enumerate(self.gaps):
+            left, right = self.xs[i], self.xs[i + 1]
+            if left <= x <= right + 0.01:
+                if i in self.cut:
+                    return None
+                fraction = (x - left) / (right - left) if right > left else 0.0
+                return self.points[i] + timedelta(seconds=gap * fraction)
+        if not self.gaps:
+            return self.start if x <= self.xs[0] + 0.01 else None
+        return None
+
+    def breaks(self) -> list[tuple[float, float, float]]:
+        return [(self.xs[i], self.xs[i + 1], self.gaps[i]) for i in sorted(self.cut)]
 
 
 def saga_timeline(
@@ -556,7 +621,9 @@ def saga_timeline(
             bars.append(_Bar(f"{event.step} #{event.attempt}", outcome, start, at, title))
         elif kind in (Kind.STEP_COMPENSATED, Kind.COMPENSATION_FAILED, Kind.COMPENSATION_EMPTY):
             duration = _ms(event.detail)
-            if duration is not None:
+            if kind == Kind.COMPENSATION_EMPTY:
+                start = at  # recorded, not run: a point in time
+            elif duration is not None:
                 start = at - timedelta(milliseconds=duration)
             else:
                 start = max(previous, ready.get(event.step, previous))
@@ -583,34 +650,32 @@ def saga_timeline(
     for (step, attempt), start in opened.items():
         end = moment if still_open else previous
         outcome = "running" if still_open else "unfinished"
-        bars.append(_Bar(f"{step} #{attempt}", outcome, start, end, f"{step} #{attempt}: {outcome}"))
+        label = f"{step} #{attempt}"
+        bars.append(_Bar(label, outcome, start, end, f"{label}: {outcome}"))
     bars.sort(key=lambda bar: bar.start)
     truncated = max(0, len(bars) - max_bars)
     bars = bars[:max_bars]
 
-    times = [saga.created_at, previous] + [b.start for b in bars] + [b.end for b in bars]
-    t0, t1 = min(times), max(times)
-    span = max((t1 - t0).total_seconds(), 0.001)
     label_width, plot_width, row, top = 190, 760, 22, 46
+    moments = [saga.created_at, previous, *(at for at, _ in markers)]
+    scale = _TimeScale([*moments, *(b.start for b in bars), *(b.end for b in bars)])
+    scale.fit(label_width, plot_width)
     timeline = Timeline(
         width=label_width + plot_width + 20,
         height=top + row * max(len(bars), 1) + 12,
         label_width=label_width,
         truncated=truncated,
     )
-
-    def x(at: datetime) -> float:
-        return round(label_width + (at - t0).total_seconds() / span * plot_width, 1)
-
+    bottom = timeline.height - 8
     for index, bar in enumerate(bars):
-        left = x(bar.start)
-        width = max(round(x(bar.end) - left, 1), 2.0)
+        left = scale.x(bar.start)
+        width = max(round(scale.x(bar.end) - left, 1), 2.0)
         seconds = (bar.end - bar.start).total_seconds()
         timeline.bars.append(
             {
                 "label": bar.label,
                 "x": left,
-                "y": top + index * row,
+                "y": top + index * row + 3,
                 "text_y": top + index * row + 14,
                 "width": width,
                 "color": TIMELINE_COLORS[bar.outcome],
@@ -627,21 +692,44 @@ def saga_timeline(
             label = f"{label}: {event.reason[:200]}"
         timeline.markers.append(
             {
-                "x": x(at),
+                "x": scale.x(at),
                 "color": MARKER_COLORS.get(event.kind, "#78909c"),
                 "title": f"{at:%H:%M:%S.%f}"[:-3] + f" {label}",
-                "line_bottom": timeline.height - 8,
+                "line_bottom": bottom,
             }
         )
+    timeline.breaks = [
+        {
+            "x": round(left, 1),
+            "right": round(right, 1),
+            "width": round(right - left, 1),
+            "mid": round((left + right) / 2, 1),
+            "label": format_seconds(seconds),
+            "bottom": bottom,
+        }
+        for left, right, seconds in scale.breaks()
+    ]
+    offsets = []
     for i in range(6):
-        fraction = i / 5
-        timeline.ticks.append(
-            {
-                "x": round(label_width + fraction * plot_width, 1),
-                "label": _offset(span * fraction),
-                "bottom": timeline.height - 8,
-            }
-        )
+        at_x = label_width + i / 5 * plot_width
+        at = scale.time_at(at_x)
+        near_break = any(abs(at_x - gap["mid"]) < 60 for gap in timeline.breaks)
+        if at is not None and not near_break:
+            offsets.append((i, at_x, (at - scale.start).total_seconds()))
+    # As many digits as it takes for neighbouring ticks to read differently.
+    for digits in (1, 2, 3):
+        labels = [_offset(offset, digits) for _, _, offset in offsets]
+        if len(set(labels)) == len(labels):
+            break
+    timeline.ticks = [
+        {
+            "x": round(at_x, 1),
+            "label": label,
+            "bottom": bottom,
+            "anchor": "end" if i == 5 else "middle",
+        }
+        for (i, at_x, _), label in zip(offsets, labels, strict=True)
+    ]
     timeline.legend = [
         {"label": name.replace("_", " "), "color": color}
         for name, color in TIMELINE_COLORS.items()
@@ -653,6 +741,8 @@ def saga_timeline(
 def saga_page_context(request: HttpRequest, saga: SagaInstance) -> dict[str, Any]:
     """What a saga's page shows below its fields."""
     events = list(SagaEvent.objects.filter(saga_id=saga.pk).order_by("id")[:1000])
+    for event in events:
+        event.detail_json = json.dumps(event.detail, sort_keys=True) if event.detail else ""
     interventions = list(saga.interventions.order_by("-id")[:100])
     try:
         registry.get(saga.definition, saga.version)
@@ -669,7 +759,6 @@ def saga_page_context(request: HttpRequest, saga: SagaInstance) -> dict[str, Any
         "related_records": related_records(saga),
         "intervention_buttons": intervention_buttons(request, saga),
         "definition_url": definition_url,
-        "context_json": json.dumps(saga.context, indent=2, sort_keys=True, cls=DjangoJSONEncoder),
     }
 
 
@@ -705,16 +794,20 @@ def _nice_ceiling(value: float) -> float:
     return 10 * exponent
 
 
-def per_minute_counts(*, since: datetime, until: datetime) -> dict[tuple[datetime, str], int]:
-    """(minute, status) -> sagas created in it: one grouped query."""
+def per_minute_counts(
+    *, since: datetime, until: datetime, hourly: bool = False
+) -> dict[tuple[datetime, str], int]:
+    """(minute, status) -> sagas created in it: one grouped query. ``hourly`` groups by the
+    hour instead, for charts whose bars span whole hours (a month has 43,200 minutes)."""
+    trunc = TruncHour if hourly else TruncMinute
     rows = (
         SagaInstance.objects.filter(created_at__gte=since, created_at__lt=until)
-        .annotate(minute=TruncMinute("created_at"))
-        .values_list("minute", "status")
+        .annotate(slot=trunc("created_at"))
+        .values_list("slot", "status")
         .annotate(n=Count("pk"))
         .order_by()
     )
-    return {(minute, status): n for minute, status, n in rows}
+    return {(slot, status): n for slot, status, n in rows}
 
 
 def throughput_chart(*, since: datetime, until: datetime) -> dict[str, Any]:
@@ -725,7 +818,8 @@ def throughput_chart(*, since: datetime, until: datetime) -> dict[str, Any]:
     start_epoch = math.floor(since.timestamp() / size) * size
     count = math.ceil((until.timestamp() - start_epoch) / size)
     series = [dict.fromkeys(OUTCOMES, 0) for _ in range(count)]
-    for (minute, status), n in per_minute_counts(since=since, until=until).items():
+    counts = per_minute_counts(since=since, until=until, hourly=bucket % 60 == 0)
+    for (minute, status), n in counts.items():
         index = int((minute.timestamp() - start_epoch) // size)
         if 0 <= index < count:
             series[index][OUTCOME_OF_STATUS.get(status, "in_progress")] += n
@@ -738,7 +832,7 @@ def throughput_chart(*, since: datetime, until: datetime) -> dict[str, Any]:
         begins = datetime.fromtimestamp(start_epoch + index * size, tz=since.tzinfo)
         y = top_pad + plot_height
         segments = []
-        for outcome, (label, color, _) in OUTCOMES.items():
+        for outcome, (_, color, _) in OUTCOMES.items():
             if not counts[outcome]:
                 continue
             height = counts[outcome] / bucket / top * plot_height
@@ -844,7 +938,6 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         "subtitle": None,
         "opts": model_admin.opts,
         "app_label": model_admin.opts.app_label,
-        "status_age_param": {"1h": "1h", "24h": "24h", "7d": "7d", "30d": "30d"}[range_key],
     }
     request.current_app = model_admin.admin_site.name
     return TemplateResponse(request, "admin/sagas/dashboard.html", context)
@@ -877,7 +970,7 @@ def _short(text: str, length: int = 20) -> str:
 def definition_diagram(definition: Saga) -> dict[str, Any]:
     """Boxes for the steps left to right with forward arrows; below them the compensations,
     linked right to left in the order they run; the pivot and remote steps marked."""
-    box_w, box_h, gap, margin = 150, 58, 46, 20
+    box_w, box_h, gap, margin = 136, 58, 38, 20
     forward_y = 46
     undo_y = forward_y + box_h + 74
     pivot = definition.pivot_index
@@ -901,10 +994,10 @@ def definition_diagram(definition: Saga) -> dict[str, Any]:
                 "index": index,
                 "x": x,
                 "cx": x + box_w / 2,
-                "name": _short(step.name),
-                "action": _short(_callable_name(step.action), 22),
+                "name": _short(step.name, 19),
+                "action": _short(_callable_name(step.action), 21),
                 "compensate": _callable_name(step.compensate),
-                "compensate_short": _short(_callable_name(step.compensate), 22),
+                "compensate_short": _short(_callable_name(step.compensate), 21),
                 "compensable": compensable,
                 "forward_only": forward_only,
                 "notes": ", ".join(notes),
@@ -929,7 +1022,7 @@ def definition_diagram(definition: Saga) -> dict[str, Any]:
         [item["step"].name for item in steps if item["compensable"]]
     )
     compensation_arrows = []
-    for first, second in zip(sequence, sequence[1:], strict=False):
+    for first, second in itertools.pairwise(sequence):
         a, b = by_name[first], by_name[second]
         y = undo_y + box_h / 2
         if b["index"] == a["index"] - 1:
@@ -1017,7 +1110,9 @@ def definitions_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
     return TemplateResponse(request, "admin/sagas/definitions.html", context)
 
 
-def definition_view(model_admin: Any, request: HttpRequest, name: str, version: int) -> HttpResponse:
+def definition_view(
+    model_admin: Any, request: HttpRequest, name: str, version: int
+) -> HttpResponse:
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
     try:
@@ -1047,7 +1142,6 @@ def definition_view(model_admin: Any, request: HttpRequest, name: str, version: 
             for status, n in sorted(counts)
         ],
         "changelist_url": f"{changelist}?definition={name}&version={version}",
-        "steps": [step for step in definition.steps if isinstance(step, Step)],
     }
     request.current_app = model_admin.admin_site.name
     return TemplateResponse(request, "admin/sagas/definition.html", context)

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, F, Q
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q
 from django.utils import timezone
 
 from sagas.conf import saga_setting
@@ -95,20 +95,20 @@ def _percentiles(queryset: Any) -> dict[str, float | None]:
     """Average, p50, p95 and p99 of completed_at - created_at, in seconds."""
     durations = queryset.filter(completed_at__isnull=False)
     if connection.vendor == "postgresql":
-        sql, params = durations.values("pk").query.sql_with_params()
-        table = SagaInstance._meta.db_table
+        # One pass over the filtered rows; all three percentiles from one sort.
+        inner = durations.annotate(
+            d=ExpressionWrapper(F("completed_at") - F("created_at"), output_field=DurationField())
+        ).values_list("d")
+        sql, params = inner.query.sql_with_params()
         with connection.cursor() as cursor:
             cursor.execute(
-                f"""
-                SELECT avg(d), percentile_cont(0.5) WITHIN GROUP (ORDER BY d),
-                       percentile_cont(0.95) WITHIN GROUP (ORDER BY d),
-                       percentile_cont(0.99) WITHIN GROUP (ORDER BY d)
-                FROM (SELECT EXTRACT(EPOCH FROM (s.completed_at - s.created_at)) AS d
-                      FROM {table} s WHERE s.id IN ({sql})) AS durations
-                """,
+                "SELECT avg(EXTRACT(EPOCH FROM d)),"
+                " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP"
+                f" (ORDER BY EXTRACT(EPOCH FROM d)) FROM ({sql}) AS durations(d)",
                 params,
             )
-            avg, p50, p95, p99 = cursor.fetchone()
+            avg, ranks = cursor.fetchone()
+        p50, p95, p99 = ranks or (None, None, None)
         as_float = [None if v is None else float(v) for v in (avg, p50, p95, p99)]
         return dict(zip(("avg", "p50", "p95", "p99"), as_float, strict=True))
     values = sorted(
