@@ -61,11 +61,36 @@ def _loop() -> None:
         _stop.wait(poll)
 
 
+def _import_everything_the_timer_touches() -> None:
+    """Import, in the starting thread, every module the timer's jobs will use.
+
+    The thread starts while the main thread is still booting the command (system checks
+    import the cache backend, redis, the broker). Two threads importing the same circular
+    modules at once can see one of them half-initialised ("cannot import name ... from
+    partially initialized module"): a worker that never starts. Importing first avoids it.
+    """
+    from django.conf import settings
+    from django.core.cache import caches
+    from django_q.brokers import get_broker  # noqa: F401
+    from django_q.tasks import async_task  # noqa: F401
+
+    from sagas import deadletters, engine, outbox  # noqa: F401
+
+    caches["default"]
+    if settings.REDIS_URL:
+        import redis  # noqa: F401
+        from django_redis import get_redis_connection
+
+        get_redis_connection("default")
+    engine._broker(None)
+
+
 def timer_start() -> None:
     """Start the timer thread once per process."""
     if _started.is_set():
         return
     _started.set()
+    _import_everything_the_timer_touches()
     thread = threading.Thread(target=_loop, name="saga-timer", daemon=True)
     thread.start()
 
