@@ -106,6 +106,16 @@ def _log_transition(
     logger.log(level, message, *args, extra=extra)
 
 
+def _retry_event(step: str, attempt: int, delay: float, **detail: Any) -> SagaEvent:
+    return SagaEvent(
+        kind=Kind.RETRY_SCHEDULED,
+        step=step,
+        attempt=attempt + 1,
+        detail={"delay_seconds": round(delay, 3), **detail},
+        created_at=timezone.now(),
+    )
+
+
 # --- Starting -----------------------------------------------------------------------------
 
 
@@ -677,15 +687,7 @@ class _Runner:
             )
         )
         if retryable:
-            events.append(
-                SagaEvent(
-                    kind=Kind.RETRY_SCHEDULED,
-                    step=step.name,
-                    attempt=attempt + 1,
-                    detail={"delay_seconds": round(delay, 3)},
-                    created_at=now,
-                )
-            )
+            events.append(_retry_event(step.name, attempt, delay))
         with transaction.atomic():
             row = self.rows.get(step.name)
             if row is None:
@@ -1017,15 +1019,7 @@ class _Runner:
             )
         ]
         if retryable:
-            events.append(
-                SagaEvent(
-                    kind=Kind.RETRY_SCHEDULED,
-                    step=step.name,
-                    attempt=attempt + 1,
-                    detail={"delay_seconds": round(delay, 3), "compensation": True},
-                    created_at=now,
-                )
-            )
+            events.append(_retry_event(step.name, attempt, delay, compensation=True))
         with transaction.atomic():
             SagaStep.objects.filter(pk=row.pk).update(**fields)
             for name, value in fields.items():

@@ -34,22 +34,24 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, cls=DjangoJSONEncoder)
 
 
+def _event_params(saga_id: Any, event: SagaEvent) -> list[Any]:
+    """The values of one event, in the order of _EVENT_COLUMNS."""
+    return [
+        saga_id,
+        event.kind,
+        event.step,
+        event.attempt,
+        event.status,
+        event.actor,
+        event.reason,
+        _dumps(event.detail or {}),
+        event.created_at,
+    ]
+
+
 def _event_values(saga_id: uuid.UUID, events: Sequence[SagaEvent]) -> tuple[str, list[Any]]:
-    rows, params = [], []
-    for event in events:
-        rows.append("(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)")
-        params += [
-            saga_id,
-            event.kind,
-            event.step,
-            event.attempt,
-            event.status,
-            event.actor,
-            event.reason,
-            _dumps(event.detail or {}),
-            event.created_at,
-        ]
-    return ", ".join(rows), params
+    rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)"] * len(events))
+    return rows, [value for event in events for value in _event_params(saga_id, event)]
 
 
 def step_insert_completed(
@@ -107,19 +109,7 @@ def saga_finish(
         "SELECT %s::uuid, %s::varchar, %s::varchar, %s::integer, %s::varchar, %s::varchar,"
         " %s::text, %s::jsonb, %s::timestamptz"
     )
-    event_params: list[Any] = []
-    for event in events:
-        event_params += [
-            saga_id,
-            event.kind,
-            event.step,
-            event.attempt,
-            event.status,
-            event.actor,
-            event.reason,
-            _dumps(event.detail or {}),
-            event.created_at,
-        ]
+    event_params = [value for event in events for value in _event_params(saga_id, event)]
     selects = " UNION ALL ".join([select_one] * len(events))
     sql = (
         f"WITH u AS (UPDATE {table} SET {assignments} WHERE id = %s AND lease_owner = %s"
@@ -148,17 +138,7 @@ def saga_insert(*, instance: Any, event: SagaEvent) -> None:
         f" INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS})"
         " SELECT s.id, %s, %s, %s, %s, %s, %s, %s::jsonb, %s FROM s"
     )
-    params = [
-        *values,
-        event.kind,
-        event.step,
-        event.attempt,
-        event.status,
-        event.actor,
-        event.reason,
-        _dumps(event.detail or {}),
-        event.created_at,
-    ]
+    params = [*values, *_event_params(None, event)[1:]]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
 
