@@ -193,8 +193,11 @@ def test_an_exhausted_refund_waits_in_the_dead_letter_queue_until_the_gateway_is
 
     make_counters("m1", "m3")
     qcluster_with_gateway.start()
+    # m3 takes 2 s before failing: time to take the gateway away before the refund runs.
     saga = saga_start(
-        "test.payment", data={"amount": "7.00", "fail": "m3"}, business_key="order:dlq"
+        "test.payment",
+        data={"amount": "7.00", "fail": "m3", "sleep": {"m3": 2}},
+        business_key="order:dlq",
     )
     wait_for(
         lambda: gateway.client().charge_status(key=f"{saga.pk}:charge") is not None,
