@@ -397,7 +397,6 @@ class _Runner:
         started = timezone.now()
         clock = time.monotonic()
         ctx = self._context(step, attempt)
-        self._update_current(step)
         try:
             if step.remote:
                 output = self._run_remote(step, index, ctx, attempt, started, clock)
@@ -424,10 +423,6 @@ class _Runner:
             duration_ms=getattr(self.rows.get(step.name), "duration_ms", None),
         )
         return _Outcome.DONE, None
-
-    def _update_current(self, step: Step) -> None:
-        if self.instance.current_step != step.name:
-            self.instance.current_step = step.name
 
     def _check(self, step: Step, ctx: StepContext) -> None:
         check = step.check_fn()
@@ -610,10 +605,6 @@ class _Runner:
         expires = self.instance.lease_expires_at
         if expires is None or (expires - timezone.now()).total_seconds() < needed:
             self._update_saga(current_step=steps[index + 1].name)
-
-    def _next_step_name(self, index: int) -> str:
-        steps = self.definition.steps
-        return steps[index + 1].name if index + 1 < len(steps) else ""
 
     def _after_conflict(self, step: Step) -> tuple[str, _Failure | None]:
         """Our step write lost: someone completed the step, or it was compensated."""
