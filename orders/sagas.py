@@ -125,21 +125,31 @@ def complete_order(ctx: StepContext) -> dict[str, Any]:
     return {"status": order_mark_paid(order_id=ctx.data["order_id"]).status}
 
 
-def notify_paid(ctx: StepContext) -> dict[str, Any]:
+def _notify(ctx: StepContext, *, topic: str, event: str, **payload: Any) -> dict[str, Any]:
+    """Put the order's notification in the outbox, once per order and event (dedup key)."""
     order = _order(ctx)
     message = outbox_put(
-        topic=ORDER_PAID,
+        topic=topic,
         key=order.business_key,
-        dedup_key=f"{order.business_key}:paid",
+        dedup_key=f"{order.business_key}:{event}",
         payload={
             "order_id": order.pk,
             "customer_email": order.customer.email,
-            "total": str(order.total),
-            "amount_paid": str(order.amount_due),
             "currency": order.currency,
+            **{name: value(order) for name, value in payload.items()},
         },
     )
     return {"message_id": str(message.pk)}
+
+
+def notify_paid(ctx: StepContext) -> dict[str, Any]:
+    return _notify(
+        ctx,
+        topic=ORDER_PAID,
+        event="paid",
+        total=lambda order: str(order.total),
+        amount_paid=lambda order: str(order.amount_due),
+    )
 
 
 def close_unpaid_order(ctx: StepContext) -> None:
@@ -227,20 +237,13 @@ def cancel_paid_order(ctx: StepContext) -> dict[str, Any]:
 
 
 def notify_cancelled(ctx: StepContext) -> dict[str, Any]:
-    order = _order(ctx)
-    message = outbox_put(
+    return _notify(
+        ctx,
         topic=ORDER_CANCELLED,
-        key=order.business_key,
-        dedup_key=f"{order.business_key}:cancelled",
-        payload={
-            "order_id": order.pk,
-            "customer_email": order.customer.email,
-            "refunded": str(order.amount_due),
-            "currency": order.currency,
-            "reason": order.status_reason,
-        },
+        event="cancelled",
+        refunded=lambda order: str(order.amount_due),
+        reason=lambda order: order.status_reason,
     )
-    return {"message_id": str(message.pk)}
 
 
 FORWARD = Retry(retries=10, max_delay=30)
