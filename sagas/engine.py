@@ -228,7 +228,11 @@ def saga_run(saga_id: object, *, owner: str | None = None) -> str | None:
         logger.warning("saga %s: lease lost to another runner; stopping", saga_id)
         return None
     finally:
-        if runner.released:
+        if runner.finished:
+            # A completed saga is never run again: its Redis gate may simply expire, which
+            # saves a round trip per saga. Every other ending hands the saga on at once.
+            pass
+        elif runner.released:
             lease_forget(saga_id, owner)
         else:
             lease_release(saga_id, owner)
@@ -286,6 +290,7 @@ class _Runner:
         self.saga_id = instance.pk
         self.owner = owner
         self.released = False
+        self.finished = False
         self.instance = instance
         self.definition = registry.get(self.instance.definition, self.instance.version)
         # A first run has no step rows to read; a row written meanwhile by someone else (an
@@ -538,50 +543,68 @@ class _Runner:
         output: Any,
     ) -> None:
         """Write the COMPLETED step row in the current transaction; the unique (saga, step)
-        row, or the compare-and-set on an existing one, admits exactly one completion."""
+        row, or the compare-and-set on an existing one, admits exactly one completion.
+
+        A local step gets one event: its start is not a state anyone can see (it commits
+        with its completion), so ``step_completed`` carries the duration instead. On
+        PostgreSQL the last local step also finishes the saga in the same statement."""
         now = timezone.now()
+        duration_ms = int((time.monotonic() - clock) * 1000)
         fields = {
             "status": StepStatus.COMPLETED,
             "attempts": attempt,
             "output": output,
             "started_at": started,
             "finished_at": now,
-            "duration_ms": int((time.monotonic() - clock) * 1000),
+            "duration_ms": duration_ms,
             "next_attempt_at": None,
         }
         row = self.rows.get(step.name)
-        events = [SagaEvent(kind=Kind.STEP_COMPLETED, step=step.name, attempt=attempt)]
-        if not step.remote:
-            events.insert(
-                0,
-                SagaEvent(
-                    kind=Kind.STEP_STARTED, step=step.name, attempt=attempt, created_at=started
-                ),
-            )
-        events[-1].created_at = now
-        events[-1].detail = {"duration_ms": fields["duration_ms"]}
-        if row is None:
+        event = SagaEvent(
+            kind=Kind.STEP_COMPLETED,
+            step=step.name,
+            attempt=attempt,
+            detail={"duration_ms": duration_ms},
+            created_at=now,
+        )
+        if row is None and fastpath.enabled():
             # No savepoint: a unique violation here aborts the whole step transaction, which
             # is what must happen; the caller turns it into StepAlreadyRecorded.
-            if fastpath.enabled():
-                pk = fastpath.step_insert_completed(
-                    saga_id=self.instance.pk,
-                    name=step.name,
-                    index=index,
-                    attempts=attempt,
-                    output=output,
-                    started_at=started,
-                    finished_at=now,
-                    duration_ms=fields["duration_ms"],
-                    events=events,
-                )
-                row = SagaStep(pk=pk, saga_id=self.saga_id, name=step.name, index=index, **fields)
-                events = []
-            else:
-                row = SagaStep.objects.create(
-                    saga_id=self.saga_id, name=step.name, index=index, **fields
-                )
-            self.rows[step.name] = row
+            finish = None
+            if not step.remote and index + 1 == len(self.definition.steps):
+                finish = self._completed_fields(now)
+            pk, finished = fastpath.step_insert_completed(
+                saga_id=self.saga_id,
+                name=step.name,
+                index=index,
+                attempts=attempt,
+                output=output,
+                started_at=started,
+                finished_at=now,
+                duration_ms=duration_ms,
+                events=[
+                    event,
+                    SagaEvent(kind=Kind.COMPLETED, status=Status.COMPLETED, created_at=now),
+                ]
+                if finish
+                else [event],
+                finish=finish,
+                owner=self.owner,
+            )
+            if finish is not None:
+                if not finished:
+                    raise LeaseLost(str(self.saga_id))  # rolls the step back with it
+                self.released = self.finished = True
+                for name, value in finish.items():
+                    setattr(self.instance, name, value)
+            self.rows[step.name] = SagaStep(
+                pk=pk, saga_id=self.saga_id, name=step.name, index=index, **fields
+            )
+            return
+        if row is None:
+            self.rows[step.name] = SagaStep.objects.create(
+                saga_id=self.saga_id, name=step.name, index=index, **fields
+            )
         else:
             allowed = [StepStatus.PENDING, StepStatus.FAILED, StepStatus.EXECUTING]
             moved = SagaStep.objects.filter(
@@ -591,8 +614,7 @@ class _Runner:
                 raise StepAlreadyRecorded(step.name)
             for name, value in fields.items():
                 setattr(row, name, value)
-        if events:
-            self._events(*events)
+        self._events(event)
         self._renew_lease_if_short(index)
 
     def _renew_lease_if_short(self, index: int) -> None:
@@ -660,23 +682,20 @@ class _Runner:
             "error_traceback": failure.traceback,
             "next_attempt_at": next_at,
         }
-        events = []
-        if not step.remote:
-            events.append(
-                SagaEvent(
-                    kind=Kind.STEP_STARTED, step=step.name, attempt=attempt, created_at=started
-                )
-            )
-        events.append(
+        events = [
             SagaEvent(
                 kind=Kind.STEP_FAILED,
                 step=step.name,
                 attempt=attempt,
                 reason=failure.message[:2000],
-                detail={"code": failure.code, "business": failure.business},
+                detail={
+                    "code": failure.code,
+                    "business": failure.business,
+                    "duration_ms": fields["duration_ms"],
+                },
                 created_at=now,
             )
-        )
+        ]
         if retryable:
             events.append(_retry_event(step.name, attempt, delay))
         with transaction.atomic():
@@ -738,9 +757,8 @@ class _Runner:
             self._update_saga(release=True, wake_at=when)
         return self.instance.status
 
-    def _complete(self) -> str:
-        now = timezone.now()
-        fields = {
+    def _completed_fields(self, now: datetime) -> dict[str, Any]:
+        return {
             "status": Status.COMPLETED,
             "current_step": "",
             "completed_at": now,
@@ -751,18 +769,26 @@ class _Runner:
             "lease_owner": "",
             "lease_expires_at": None,
         }
+
+    def _complete(self) -> str:
+        if self.finished:  # the last step's transaction finished the saga
+            self._log_completed()
+            return Status.COMPLETED
+        now = timezone.now()
+        fields = self._completed_fields(now)
         event = SagaEvent(kind=Kind.COMPLETED, status=Status.COMPLETED, created_at=now)
         if fastpath.enabled():
             if not fastpath.saga_finish(
                 saga_id=self.instance.pk, owner=self.owner, fields=fields, events=[event]
             ):
                 raise LeaseLost(str(self.saga_id))
-            self.released = True
+            self.released = self.finished = True
             self._log_completed()
             return Status.COMPLETED
         with transaction.atomic():
             self._update_saga(release=True, **fields)
             self._events(event)
+        self.finished = True
         self._log_completed()
         return Status.COMPLETED
 

@@ -65,16 +65,32 @@ def step_insert_completed(
     finished_at: datetime,
     duration_ms: int,
     events: Sequence[SagaEvent],
-) -> int:
-    """Insert a COMPLETED step row and its events in one statement; returns the row id.
+    finish: dict[str, Any] | None = None,
+    owner: str = "",
+) -> tuple[int, bool]:
+    """Insert a COMPLETED step row and its events in one statement; with ``finish``, also
+    update the saga row with those fields, fenced on the lease ``owner``. Returns the row id
+    and whether the saga row was updated (the caller rolls back when it was not).
     A second completion of the same step raises IntegrityError (unique saga + name)."""
+    from sagas.models import SagaInstance
+
     event_rows, event_params = _event_values(saga_id, events)
+    finish_sql, finish_params, finished = "", [], "true"
+    if finish:
+        assignments = ", ".join(f"{column} = %s" for column in finish)
+        finish_sql = (
+            f" u AS (UPDATE {SagaInstance._meta.db_table} SET {assignments}"
+            " WHERE id = %s AND lease_owner = %s RETURNING 1),"
+        )
+        finish_params = [*finish.values(), saga_id, owner]
+        finished = "EXISTS (SELECT 1 FROM u)"
     sql = (
         f"WITH s AS (INSERT INTO {SagaStep._meta.db_table} ({_STEP_COLUMNS}) VALUES"
         " (%s, %s, %s, 'COMPLETED', 'NONE', %s, 0, %s::jsonb, '', '', '', '', %s, %s, %s,"
         " NULL, NULL) RETURNING id),"
+        f"{finish_sql}"
         f" e AS (INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS}) VALUES {event_rows})"
-        " SELECT id FROM s"
+        f" SELECT id, {finished} FROM s"
     )
     params = [
         saga_id,
@@ -85,11 +101,13 @@ def step_insert_completed(
         started_at,
         finished_at,
         duration_ms,
+        *finish_params,
         *event_params,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchone()[0]
+        pk, done = cursor.fetchone()
+        return pk, done
 
 
 def saga_finish(

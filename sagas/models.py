@@ -27,10 +27,10 @@ class SagaInstance(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     definition = models.CharField(max_length=100)
     version = models.PositiveIntegerField()
-    business_key = models.CharField(max_length=200, blank=True, db_index=True)
-    correlation_id = models.CharField(max_length=100, blank=True, db_index=True)
+    business_key = models.CharField(max_length=200, blank=True)
+    correlation_id = models.CharField(max_length=100, blank=True)
     # A caller-chosen key: starting a saga twice under it gives the first instance back.
-    dedup_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    dedup_key = models.CharField(max_length=200, null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTED)
     priority = models.PositiveSmallIntegerField(default=1)
     tags = models.JSONField(default=list, blank=True)
@@ -66,7 +66,28 @@ class SagaInstance(models.Model):
             ("cancel_saga", "Can cancel a saga"),
             ("resolve_dead_letter", "Can resolve a dead-lettered saga"),
         ]
+        # Every index costs each saga three index writes (insert, lease, finish; the updates
+        # touch indexed columns, so they are never HOT): only the console's and recovery's
+        # queries get one. Keys are looked up by equality (no pattern-ops twin), and rows
+        # without a key stay out of that key's index.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dedup_key"],
+                name="saga_dedup_key_unique",
+                condition=Q(dedup_key__isnull=False),
+            ),
+        ]
         indexes = [
+            models.Index(
+                fields=["business_key"],
+                name="saga_business_key_idx",
+                condition=~Q(business_key=""),
+            ),
+            models.Index(
+                fields=["correlation_id"],
+                name="saga_correlation_idx",
+                condition=~Q(correlation_id=""),
+            ),
             models.Index(fields=["status", "updated_at"], name="saga_status_updated_idx"),
             models.Index(fields=["definition", "version", "status"], name="saga_definition_idx"),
             models.Index(fields=["-created_at"], name="saga_created_idx"),
@@ -115,7 +136,10 @@ class SagaStep(models.Model):
         EMPTY = "EMPTY"
         FAILED = "FAILED"
 
-    saga = models.ForeignKey(SagaInstance, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: the unique (saga, name) constraint serves lookups by saga.
+    saga = models.ForeignKey(
+        SagaInstance, on_delete=models.CASCADE, related_name="steps", db_index=False
+    )
     name = models.CharField(max_length=100)
     index = models.PositiveSmallIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -168,7 +192,10 @@ class SagaEvent(models.Model):
         RECOVERED = "recovered"
         OPERATOR = "operator_action"
 
-    saga = models.ForeignKey(SagaInstance, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: saga_event_history_idx (saga, id) serves lookups by saga.
+    saga = models.ForeignKey(
+        SagaInstance, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     kind = models.CharField(max_length=32, choices=Kind.choices)
     step = models.CharField(max_length=100, blank=True)
     attempt = models.PositiveIntegerField(null=True, blank=True)
@@ -224,9 +251,9 @@ class OutboxMessage(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     topic = models.CharField(max_length=100)
-    key = models.CharField(max_length=200, blank=True, db_index=True)
+    key = models.CharField(max_length=200, blank=True)
     # Writing the same message twice (a retried step) keeps one row.
-    dedup_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    dedup_key = models.CharField(max_length=200, null=True, blank=True)
     payload = models.JSONField(encoder=DjangoJSONEncoder, default=dict)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
@@ -237,7 +264,15 @@ class OutboxMessage(models.Model):
 
     class Meta:
         ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dedup_key"],
+                name="outbox_dedup_key_unique",
+                condition=Q(dedup_key__isnull=False),
+            ),
+        ]
         indexes = [
+            models.Index(fields=["key"], name="outbox_key_idx", condition=~Q(key="")),
             models.Index(
                 fields=["next_attempt_at"],
                 name="outbox_pending_idx",
