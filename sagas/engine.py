@@ -148,31 +148,33 @@ def saga_start(
         created_at=now,
         updated_at=now,
     )
-    event = SagaEvent(kind=Kind.STARTED, status=Status.STARTED, created_at=now)
-    with transaction.atomic():
-        try:
+    event = fastpath.Event(kind=Kind.STARTED, status=Status.STARTED, created_at=now)
+    fast = fastpath.enabled()
+    try:
+        if fast and not transaction.get_connection().in_atomic_block:
+            # In autocommit the one statement is its own transaction: no BEGIN and COMMIT.
+            fastpath.saga_insert(instance=instance, event=event)
+        else:
             # The savepoint is only needed to survive a dedup_key conflict.
             with transaction.atomic(savepoint=dedup_key is not None):
-                if fastpath.enabled():
+                if fast:
                     fastpath.saga_insert(instance=instance, event=event)
                 else:
                     instance.save(force_insert=True)
-                    event.saga = instance
-                    event.save(force_insert=True)
-        except IntegrityError:
-            if dedup_key is None:
-                raise
-            return SagaInstance.objects.get(dedup_key=dedup_key)
-        instance._state.adding = False
-        _log_transition(
-            logging.INFO, instance, "saga_started", "started", "saga %s started", instance.pk
-        )
-        if enqueue:
-            # robust: the saga is committed whatever the broker says; when the broker is
-            # down, recovery finds the saga without a task and hands it over later.
-            transaction.on_commit(
-                lambda: enqueue_run(instance.pk, definition.priority), robust=True
-            )
+                    event.as_model(instance.pk).save(force_insert=True)
+    except IntegrityError:
+        if dedup_key is None:
+            raise
+        return SagaInstance.objects.get(dedup_key=dedup_key)
+    instance._state.adding = False
+    _log_transition(
+        logging.INFO, instance, "saga_started", "started", "saga %s started", instance.pk
+    )
+    if enqueue:
+        # robust: the saga is committed whatever the broker says; when the broker is down,
+        # recovery finds the saga without a task and hands it over later. In autocommit
+        # this runs at once.
+        transaction.on_commit(lambda: enqueue_run(instance.pk, definition.priority), robust=True)
     return instance
 
 
@@ -236,6 +238,20 @@ def saga_run(saga_id: object, *, owner: str | None = None) -> str | None:
             lease_forget(saga_id, owner)
         else:
             lease_release(saga_id, owner)
+
+
+_STEP_DEFAULTS: dict[str, Any] = {}
+
+
+def _step_row(**values: Any) -> SagaStep:
+    """The SagaStep instance of a row just written: built like ``Model.from_db`` does, from a
+    full set of column values (the defaults, then ``values``), without ``__init__``'s cost."""
+    if not _STEP_DEFAULTS:
+        _STEP_DEFAULTS.update({f.attname: f.get_default() for f in SagaStep._meta.concrete_fields})
+    attnames = tuple(_STEP_DEFAULTS)
+    return SagaStep.from_db(
+        "default", attnames, [values.get(name, _STEP_DEFAULTS[name]) for name in attnames]
+    )
 
 
 class _Outcome:
@@ -327,10 +343,14 @@ class _Runner:
         if release:
             self.released = True
 
-    def _events(self, *events: SagaEvent) -> None:
+    def _events(self, *events: SagaEvent | fastpath.Event) -> None:
+        rows = []
         for event in events:
+            if isinstance(event, fastpath.Event):
+                event = event.as_model(self.saga_id)
             event.saga_id = self.saga_id
-        SagaEvent.objects.bulk_create(events)
+            rows.append(event)
+        SagaEvent.objects.bulk_create(rows)
 
     def _context(self, step: Step, attempt: int) -> StepContext:
         results = {
@@ -560,7 +580,7 @@ class _Runner:
             "next_attempt_at": None,
         }
         row = self.rows.get(step.name)
-        event = SagaEvent(
+        event = fastpath.Event(
             kind=Kind.STEP_COMPLETED,
             step=step.name,
             attempt=attempt,
@@ -584,7 +604,7 @@ class _Runner:
                 duration_ms=duration_ms,
                 events=[
                     event,
-                    SagaEvent(kind=Kind.COMPLETED, status=Status.COMPLETED, created_at=now),
+                    fastpath.Event(kind=Kind.COMPLETED, status=Status.COMPLETED, created_at=now),
                 ]
                 if finish
                 else [event],
@@ -597,8 +617,8 @@ class _Runner:
                 self.released = self.finished = True
                 for name, value in finish.items():
                     setattr(self.instance, name, value)
-            self.rows[step.name] = SagaStep(
-                pk=pk, saga_id=self.saga_id, name=step.name, index=index, **fields
+            self.rows[step.name] = _step_row(
+                id=pk, saga_id=self.saga_id, name=step.name, index=index, **fields
             )
             return
         if row is None:
@@ -776,7 +796,7 @@ class _Runner:
             return Status.COMPLETED
         now = timezone.now()
         fields = self._completed_fields(now)
-        event = SagaEvent(kind=Kind.COMPLETED, status=Status.COMPLETED, created_at=now)
+        event = fastpath.Event(kind=Kind.COMPLETED, status=Status.COMPLETED, created_at=now)
         if fastpath.enabled():
             if not fastpath.saga_finish(
                 saga_id=self.instance.pk, owner=self.owner, fields=fields, events=[event]

@@ -1,22 +1,28 @@
 """Single-round-trip bookkeeping for the hot path on PostgreSQL.
 
 On the happy path each step adds one statement to the step's own transaction: the step row
-and its two history events go in one data-modifying CTE. Other databases (SQLite, the
-embedded default) take the equivalent ORM path in ``sagas.engine``.
+and its history event go in one data-modifying CTE (with the saga row too, for the last
+step). Other databases (SQLite, the embedded default) take the equivalent ORM path in
+``sagas.engine``.
+
+The statements are built once per shape and cached, and rows come back as model instances
+built straight from their columns: this module runs several times per saga, so its own
+Python cost is part of every saga's.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 
-from sagas.models import SagaEvent, SagaStep
+from sagas.models import SagaEvent, SagaInstance, SagaStep
 
 _STEP_COLUMNS = (
     "saga_id, name, index, status, compensation_status, attempts, compensation_attempts,"
@@ -24,17 +30,37 @@ _STEP_COLUMNS = (
     " finished_at, duration_ms, next_attempt_at, compensated_at"
 )
 _EVENT_COLUMNS = "saga_id, kind, step, attempt, status, actor, reason, detail, created_at"
+_EVENT_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)"
+
+
+class Event(NamedTuple):
+    """A history event on its way to the database (cheaper than a SagaEvent instance)."""
+
+    kind: str
+    step: str = ""
+    attempt: int | None = None
+    status: str = ""
+    actor: str = ""
+    reason: str = ""
+    detail: dict[str, Any] | None = None
+    created_at: datetime | None = None
+
+    def as_model(self, saga_id: Any) -> SagaEvent:
+        return SagaEvent(saga_id=saga_id, **{**self._asdict(), "detail": self.detail or {}})
 
 
 def enabled() -> bool:
     return connection.vendor == "postgresql"
 
 
+_encoder = DjangoJSONEncoder()
+
+
 def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, cls=DjangoJSONEncoder)
+    return None if value is None else _encoder.encode(value)
 
 
-def _event_params(saga_id: Any, event: SagaEvent) -> list[Any]:
+def _event_params(saga_id: Any, event: Event | SagaEvent) -> list[Any]:
     """The values of one event, in the order of _EVENT_COLUMNS."""
     return [
         saga_id,
@@ -49,9 +75,25 @@ def _event_params(saga_id: Any, event: SagaEvent) -> list[Any]:
     ]
 
 
-def _event_values(saga_id: uuid.UUID, events: Sequence[SagaEvent]) -> tuple[str, list[Any]]:
-    rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)"] * len(events))
-    return rows, [value for event in events for value in _event_params(saga_id, event)]
+@functools.cache
+def _step_sql(events: int, finish: tuple[str, ...]) -> str:
+    finish_sql, finished = "", "true"
+    if finish:
+        assignments = ", ".join(f"{column} = %s" for column in finish)
+        finish_sql = (
+            f" u AS (UPDATE {SagaInstance._meta.db_table} SET {assignments}"
+            " WHERE id = %s AND lease_owner = %s RETURNING 1),"
+        )
+        finished = "EXISTS (SELECT 1 FROM u)"
+    rows = ", ".join([_EVENT_ROW] * events)
+    return (
+        f"WITH s AS (INSERT INTO {SagaStep._meta.db_table} ({_STEP_COLUMNS}) VALUES"
+        " (%s, %s, %s, 'COMPLETED', 'NONE', %s, 0, %s::jsonb, '', '', '', '', %s, %s, %s,"
+        " NULL, NULL) RETURNING id),"
+        f"{finish_sql}"
+        f" e AS (INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS}) VALUES {rows})"
+        f" SELECT id, {finished} FROM s"
+    )
 
 
 def step_insert_completed(
@@ -64,7 +106,7 @@ def step_insert_completed(
     started_at: datetime,
     finished_at: datetime,
     duration_ms: int,
-    events: Sequence[SagaEvent],
+    events: Sequence[Event],
     finish: dict[str, Any] | None = None,
     owner: str = "",
 ) -> tuple[int, bool]:
@@ -72,40 +114,16 @@ def step_insert_completed(
     update the saga row with those fields, fenced on the lease ``owner``. Returns the row id
     and whether the saga row was updated (the caller rolls back when it was not).
     A second completion of the same step raises IntegrityError (unique saga + name)."""
-    from sagas.models import SagaInstance
-
-    event_rows, event_params = _event_values(saga_id, events)
-    finish_sql, finish_params, finished = "", [], "true"
+    params = [saga_id, name, index, attempts, _dumps(output), started_at, finished_at]
+    params.append(duration_ms)
     if finish:
-        assignments = ", ".join(f"{column} = %s" for column in finish)
-        finish_sql = (
-            f" u AS (UPDATE {SagaInstance._meta.db_table} SET {assignments}"
-            " WHERE id = %s AND lease_owner = %s RETURNING 1),"
-        )
-        finish_params = [*finish.values(), saga_id, owner]
-        finished = "EXISTS (SELECT 1 FROM u)"
-    sql = (
-        f"WITH s AS (INSERT INTO {SagaStep._meta.db_table} ({_STEP_COLUMNS}) VALUES"
-        " (%s, %s, %s, 'COMPLETED', 'NONE', %s, 0, %s::jsonb, '', '', '', '', %s, %s, %s,"
-        " NULL, NULL) RETURNING id),"
-        f"{finish_sql}"
-        f" e AS (INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS}) VALUES {event_rows})"
-        f" SELECT id, {finished} FROM s"
-    )
-    params = [
-        saga_id,
-        name,
-        index,
-        attempts,
-        _dumps(output),
-        started_at,
-        finished_at,
-        duration_ms,
-        *finish_params,
-        *event_params,
-    ]
+        params.extend(finish.values())
+        params.append(saga_id)
+        params.append(owner)
+    for event in events:
+        params.extend(_event_params(saga_id, event))
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_step_sql(len(events), tuple(finish or ())), params)
         pk, done = cursor.fetchone()
         return pk, done
 
@@ -115,12 +133,10 @@ def saga_finish(
     saga_id: uuid.UUID,
     owner: str,
     fields: dict[str, Any],
-    events: Sequence[SagaEvent],
+    events: Sequence[Event],
 ) -> bool:
     """Update the saga row (fenced on the lease owner) and append events, in one statement.
     False when the lease was lost: nothing is written."""
-    from sagas.models import SagaInstance
-
     table = SagaInstance._meta.db_table
     assignments = ", ".join(f"{column} = %s" for column in fields)
     select_one = (
@@ -141,32 +157,64 @@ def saga_finish(
         return cursor.rowcount > 0
 
 
-def saga_insert(*, instance: Any, event: SagaEvent) -> None:
-    """Insert a new saga row and its first event in one statement (one round trip, atomic
-    on its own). A taken dedup_key raises IntegrityError."""
-    from sagas.models import SagaInstance
+# The columns a new saga row sets; the others are NULL. Kept in step with the model by
+# ``_check_insert_columns`` (every NOT NULL column must be here).
+_SAGA_INSERT = (
+    "id, definition, version, business_key, correlation_id, dedup_key, status, priority,"
+    " tags, context, current_step, deadline, lease_owner, runs, recovery_attempts,"
+    " error_code, error_message, created_at, updated_at, dead_letter_reason, resolved_by,"
+    " resolution"
+)
 
-    fields = [f for f in SagaInstance._meta.concrete_fields]
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    values = [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
-    sql = (
-        f"WITH s AS (INSERT INTO {SagaInstance._meta.db_table} ({columns})"
-        f" VALUES ({placeholders}) RETURNING id)"
+
+@functools.cache
+def _saga_insert_sql() -> str:
+    _check_insert_columns()
+    return (
+        f"WITH s AS (INSERT INTO {SagaInstance._meta.db_table} ({_SAGA_INSERT}) VALUES"
+        " (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, '', %s, '', 0, 0, '', '',"
+        " %s, %s, '', '', '') RETURNING id)"
         f" INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS})"
         " SELECT s.id, %s, %s, %s, %s, %s, %s, %s::jsonb, %s FROM s"
     )
-    params = [*values, *_event_params(None, event)[1:]]
+
+
+def _check_insert_columns() -> None:
+    listed = {column.strip() for column in _SAGA_INSERT.split(",")}
+    required = {f.column for f in SagaInstance._meta.concrete_fields if not f.null}
+    missing = required - listed
+    if missing:
+        raise RuntimeError(f"saga_insert does not set the NOT NULL columns {sorted(missing)}")
+
+
+def saga_insert(*, instance: SagaInstance, event: Event) -> None:
+    """Insert a new saga row and its first event in one statement (one round trip, atomic
+    on its own). A taken dedup_key raises IntegrityError."""
+    params = [
+        instance.pk,
+        instance.definition,
+        instance.version,
+        instance.business_key,
+        instance.correlation_id,
+        instance.dedup_key,
+        instance.status,
+        instance.priority,
+        _dumps(instance.tags),
+        _dumps(instance.context),
+        instance.deadline,
+        instance.created_at,
+        instance.updated_at,
+        *_event_params(None, event)[1:],
+    ]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_saga_insert_sql(), params)
 
 
-def lease_take(*, saga_id: Any, owner: str, expires_at: datetime, now: datetime) -> Any:
-    """Take the lease and read the saga in one statement (UPDATE ... RETURNING); None when
-    it is finished or somebody else holds it. A new saga moves to EXECUTING on the way."""
-    from sagas.models import SagaInstance
-
+@functools.cache
+def _lease_sql() -> tuple[str, tuple[str, ...]]:
     table = SagaInstance._meta.db_table
+    attnames = tuple(f.attname for f in SagaInstance._meta.concrete_fields)
+    columns = ", ".join(f.column for f in SagaInstance._meta.concrete_fields)
     active = ", ".join(f"'{status}'" for status in SagaInstance.ACTIVE)
     sql = (
         f"UPDATE {table} SET lease_owner = %s, lease_expires_at = %s, runs = runs + 1,"
@@ -174,7 +222,38 @@ def lease_take(*, saga_id: Any, owner: str, expires_at: datetime, now: datetime)
         " status = CASE WHEN status = 'STARTED' THEN 'EXECUTING' ELSE status END"
         f" WHERE id = %s AND status IN ({active})"
         " AND (lease_expires_at IS NULL OR lease_expires_at < %s)"
-        f" RETURNING {table}.*"
+        f" RETURNING {columns}"
     )
-    rows = list(SagaInstance.objects.raw(sql, [owner, expires_at, now, saga_id, now]))
-    return rows[0] if rows else None
+    return sql, attnames
+
+
+def lease_take(
+    *, saga_id: Any, owner: str, expires_at: datetime, now: datetime
+) -> SagaInstance | None:
+    """Take the lease and read the saga in one statement (UPDATE ... RETURNING); None when
+    it is finished or somebody else holds it. A new saga moves to EXECUTING on the way."""
+    sql, attnames = _lease_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [owner, expires_at, now, saga_id, now])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    converters = _saga_converters()
+    values = [
+        convert(value) if convert else value
+        for convert, value in zip(converters, row, strict=True)
+    ]
+    return SagaInstance.from_db(connection.alias, attnames, values)
+
+
+@functools.cache
+def _saga_converters() -> tuple[Any, ...]:
+    """What the ORM would do to each column on the way out (JSON text to Python)."""
+
+    def loads(value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    return tuple(
+        loads if f.get_internal_type() == "JSONField" else None
+        for f in SagaInstance._meta.concrete_fields
+    )
