@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from inventory.exceptions import InsufficientStock, ReservationNotActive, UnknownProduct
 from inventory.models import Product, Reservation, ReservationLine, Restock, Stock
+from l2c.db import atomic, savepoint
 
 PRODUCT_LIST_CACHE_KEY = "inventory:product-list:v1"
 
@@ -44,7 +45,7 @@ def _merge_items(items: Iterable[ItemIn]) -> dict[str, int]:
     return merged
 
 
-@transaction.atomic
+@atomic
 def stock_reserve(
     *, key: str, items: Iterable[ItemIn], ttl_seconds: int | None = None
 ) -> Reservation:
@@ -56,7 +57,7 @@ def stock_reserve(
     wanted = _merge_items(items)
     ttl = settings.RESERVATION_TTL_SECONDS if ttl_seconds is None else ttl_seconds
     try:
-        with transaction.atomic():
+        with savepoint():
             reservation = Reservation.objects.create(
                 key=key, expires_at=timezone.now() + timedelta(seconds=ttl)
             )
@@ -93,7 +94,7 @@ def _reservation_lines(reservation_id: int) -> list[ReservationLine]:
     )
 
 
-@transaction.atomic
+@atomic
 def stock_release(*, key: str, reason: str = "") -> Reservation | None:
     """Give reserved units back. Idempotent: only a RESERVED reservation is released.
 
@@ -113,7 +114,7 @@ def stock_release(*, key: str, reason: str = "") -> Reservation | None:
     return reservation
 
 
-@transaction.atomic
+@atomic
 def stock_confirm(*, key: str) -> Reservation:
     """Turn reserved units into sold ones (they leave on_hand). Idempotent on ``key``.
 
@@ -147,7 +148,7 @@ def stock_confirm(*, key: str) -> Reservation:
     return reservation
 
 
-@transaction.atomic
+@atomic
 def stock_restock(*, key: str, sku: str, quantity: int, reason: str = "") -> Restock:
     """Add units to on_hand. Idempotent on ``key`` through Restock's unique key."""
     if quantity <= 0:
@@ -156,7 +157,7 @@ def stock_restock(*, key: str, sku: str, quantity: int, reason: str = "") -> Res
     if product is None:
         raise UnknownProduct(skus=[sku])
     try:
-        with transaction.atomic():
+        with savepoint():
             restock = Restock.objects.create(
                 key=key, product=product, quantity=quantity, reason=reason[:200]
             )

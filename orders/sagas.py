@@ -12,11 +12,13 @@ goes forward.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from inventory.selectors import reservation_get
 from inventory.services import ItemIn, stock_confirm, stock_release, stock_reserve, stock_restock
-from orders.models import Order
+from orders.models import Customer, Order
 from orders.notifications import ORDER_PAID
 from orders.services import (
     customer_validate,
@@ -37,6 +39,51 @@ def _order(ctx: StepContext) -> Order:
     return Order.objects.select_related("customer").get(pk=ctx.data["order_id"])
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What the placement steps need to know of the order (fixed once it is placed)."""
+
+    order_id: int
+    customer_id: int
+    business_key: str
+    items: list[ItemIn]
+    total: Decimal
+    points_used: int
+    amount_due: Decimal
+    payment_method: str
+    currency: str
+
+
+def _facts(ctx: StepContext) -> _Facts:
+    """From the saga's input (``order_submit`` puts them there); a saga started with the
+    order id alone reads them from the order."""
+    data = ctx.data
+    if "items" not in data:
+        order = _order(ctx)
+        return _Facts(
+            order_id=order.pk,
+            customer_id=order.customer_id,
+            business_key=order.business_key,
+            items=[ItemIn(line.sku, line.quantity) for line in order.lines.all()],
+            total=order.total,
+            points_used=order.points_used,
+            amount_due=order.amount_due,
+            payment_method=order.payment_method,
+            currency=order.currency,
+        )
+    return _Facts(
+        order_id=data["order_id"],
+        customer_id=data["customer_id"],
+        business_key=data["business_key"],
+        items=[ItemIn(sku, quantity) for sku, quantity in data["items"]],
+        total=Decimal(data["total"]),
+        points_used=data["points_used"],
+        amount_due=Decimal(data["amount_due"]),
+        payment_method=data["payment_method"],
+        currency=data["currency"],
+    )
+
+
 def _reason(ctx: StepContext) -> str:
     code = ctx.extra.get("error_code") or "saga_compensated"
     message = ctx.extra.get("error_message") or ""
@@ -47,15 +94,13 @@ def _reason(ctx: StepContext) -> str:
 
 
 def validate_customer(ctx: StepContext) -> dict[str, Any]:
-    order = _order(ctx)
-    customer_validate(customer_id=order.customer_id, amount=order.total)
-    return {"customer_id": order.customer_id}
+    facts = _facts(ctx)
+    customer_validate(customer_id=facts.customer_id, amount=facts.total)
+    return {"customer_id": facts.customer_id}
 
 
 def reserve_stock(ctx: StepContext) -> dict[str, Any]:
-    order = _order(ctx)
-    items = [ItemIn(line.sku, line.quantity) for line in order.lines.all()]
-    reservation = stock_reserve(key=ctx.key, items=items)
+    reservation = stock_reserve(key=ctx.key, items=_facts(ctx).items)
     return {"reservation": reservation.key}
 
 
@@ -73,14 +118,14 @@ def cancel_created_order(ctx: StepContext) -> None:
 
 
 def deduct_points(ctx: StepContext) -> dict[str, Any]:
-    order = _order(ctx)
+    facts = _facts(ctx)
     entry = points_deduct(
         key=ctx.key,
-        customer_id=order.customer_id,
-        amount=order.points_used,
-        reason=f"order {order.pk}",
+        customer_id=facts.customer_id,
+        amount=facts.points_used,
+        reason=f"order {facts.order_id}",
     )
-    return {"points": order.points_used, "entry": entry.pk if entry else None}
+    return {"points": facts.points_used, "entry": entry.pk if entry else None}
 
 
 def return_points(ctx: StepContext) -> None:
@@ -96,13 +141,13 @@ def _payment_output(payment: Any) -> dict[str, Any]:
 
 
 def process_payment(ctx: StepContext) -> dict[str, Any]:
-    order = _order(ctx)
+    facts = _facts(ctx)
     payment = payment_charge(
         key=ctx.key,
-        order_ref=order.business_key,
-        amount=order.amount_due,
-        method=order.payment_method,
-        currency=order.currency,
+        order_ref=facts.business_key,
+        amount=facts.amount_due,
+        method=facts.payment_method,
+        currency=facts.currency,
     )
     return _payment_output(payment)
 
@@ -125,30 +170,30 @@ def complete_order(ctx: StepContext) -> dict[str, Any]:
     return {"status": order_mark_paid(order_id=ctx.data["order_id"]).status}
 
 
-def _notify(ctx: StepContext, *, topic: str, event: str, **payload: Any) -> dict[str, Any]:
+def _notify(
+    *, topic: str, event: str, business_key: str, order_id: int, email: str, **payload: Any
+) -> dict[str, Any]:
     """Put the order's notification in the outbox, once per order and event (dedup key)."""
-    order = _order(ctx)
     message = outbox_put(
         topic=topic,
-        key=order.business_key,
-        dedup_key=f"{order.business_key}:{event}",
-        payload={
-            "order_id": order.pk,
-            "customer_email": order.customer.email,
-            "currency": order.currency,
-            **{name: value(order) for name, value in payload.items()},
-        },
+        key=business_key,
+        dedup_key=f"{business_key}:{event}",
+        payload={"order_id": order_id, "customer_email": email, **payload},
     )
     return {"message_id": str(message.pk)}
 
 
 def notify_paid(ctx: StepContext) -> dict[str, Any]:
+    facts = _facts(ctx)
     return _notify(
-        ctx,
         topic=ORDER_PAID,
         event="paid",
-        total=lambda order: str(order.total),
-        amount_paid=lambda order: str(order.amount_due),
+        business_key=facts.business_key,
+        order_id=facts.order_id,
+        email=Customer.objects.values_list("email", flat=True).get(pk=facts.customer_id),
+        currency=facts.currency,
+        total=str(facts.total),
+        amount_paid=str(facts.amount_due),
     )
 
 
@@ -237,12 +282,16 @@ def cancel_paid_order(ctx: StepContext) -> dict[str, Any]:
 
 
 def notify_cancelled(ctx: StepContext) -> dict[str, Any]:
+    order = _order(ctx)
     return _notify(
-        ctx,
         topic=ORDER_CANCELLED,
         event="cancelled",
-        refunded=lambda order: str(order.amount_due),
-        reason=lambda order: order.status_reason,
+        business_key=order.business_key,
+        order_id=order.pk,
+        email=order.customer.email,
+        currency=order.currency,
+        refunded=str(order.amount_due),
+        reason=order.status_reason,
     )
 
 

@@ -219,12 +219,28 @@ def order_submit(
     )
     saga = saga_start(
         PLACE_ORDER,
-        data={"order_id": order.pk},
+        data=_place_order_data(order, items),
         business_key=order.business_key,
         correlation_id=correlation_id,
         dedup_key=f"{order.business_key}:place",
     )
     return order, saga
+
+
+def _place_order_data(order: Order, items: Sequence[OrderItemIn]) -> dict[str, object]:
+    """The saga's input: the order's facts, which never change once it is placed, so the
+    steps need not read the order back one query each."""
+    return {
+        "order_id": order.pk,
+        "customer_id": order.customer_id,
+        "business_key": order.business_key,
+        "items": [[item.sku, item.quantity] for item in items],
+        "total": str(order.total),
+        "points_used": order.points_used,
+        "amount_due": str(order.amount_due),
+        "payment_method": order.payment_method,
+        "currency": order.currency,
+    }
 
 
 @transaction.atomic

@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from l2c.db import atomic, savepoint
 from points.exceptions import NotEnoughPoints, PointsAccountMissing
 from points.models import PointsAccount, PointsEntry
 
@@ -16,7 +17,7 @@ from points.models import PointsAccount, PointsEntry
 def _insert_entry(**fields: object) -> tuple[PointsEntry, bool]:
     """Insert a ledger entry; (existing entry, False) when its key was used before."""
     try:
-        with transaction.atomic():
+        with savepoint():
             return PointsEntry.objects.create(**fields), True
     except IntegrityError:
         return PointsEntry.objects.get(key=fields["key"]), False
@@ -38,7 +39,7 @@ def points_account_open(*, customer_id: int) -> PointsAccount:
     return account
 
 
-@transaction.atomic
+@atomic
 def points_award(*, key: str, customer_id: int, amount: int, reason: str = "") -> PointsEntry:
     """Add ``amount`` points. Idempotent on ``key``."""
     if amount <= 0:
@@ -52,7 +53,7 @@ def points_award(*, key: str, customer_id: int, amount: int, reason: str = "") -
     return entry
 
 
-@transaction.atomic
+@atomic
 def points_deduct(
     *, key: str, customer_id: int, amount: int, reason: str = ""
 ) -> PointsEntry | None:
@@ -84,7 +85,7 @@ def points_deduct(
     return entry
 
 
-@transaction.atomic
+@atomic
 def points_return(*, key: str, deduct_key: str, reason: str = "") -> PointsEntry | None:
     """Give back what the deduction under ``deduct_key`` took. Idempotent on ``key``.
 
@@ -95,7 +96,7 @@ def points_return(*, key: str, deduct_key: str, reason: str = "") -> PointsEntry
     if deduction is None:
         return None
     try:
-        with transaction.atomic():
+        with savepoint():
             entry = PointsEntry.objects.create(
                 account_id=deduction.account_id,
                 key=key,

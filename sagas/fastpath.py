@@ -257,3 +257,76 @@ def _saga_converters() -> tuple[Any, ...]:
         loads if f.get_internal_type() == "JSONField" else None
         for f in SagaInstance._meta.concrete_fields
     )
+
+
+@functools.cache
+def _executing_sql() -> str:
+    return (
+        f"WITH u AS (UPDATE {SagaInstance._meta.db_table} SET current_step = %s,"
+        " updated_at = %s, lease_expires_at = %s WHERE id = %s AND lease_owner = %s"
+        " RETURNING id),"
+        f" s AS (INSERT INTO {SagaStep._meta.db_table} ({_STEP_COLUMNS})"
+        " SELECT u.id, %s, %s, 'EXECUTING', 'NONE', %s, 0, NULL, '', '', '', '', %s, NULL,"
+        " NULL, NULL, NULL FROM u RETURNING id),"
+        f" e AS (INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS})"
+        " SELECT u.id, %s, %s, %s, %s, %s, %s, %s::jsonb, %s FROM u)"
+        " SELECT (SELECT id FROM s), EXISTS (SELECT 1 FROM u)"
+    )
+
+
+def step_insert_executing(
+    *,
+    saga_id: uuid.UUID,
+    owner: str,
+    name: str,
+    index: int,
+    attempts: int,
+    started_at: datetime,
+    lease_expires_at: datetime,
+    event: Event,
+) -> int | None:
+    """Before a remote call, in one statement: the EXECUTING step row, its event, and the
+    saga row's current step and renewed lease (fenced on ``owner``). Returns the row id, or
+    None when the lease was lost (nothing written). A row already there raises
+    IntegrityError (unique saga + name)."""
+    params = [name, started_at, lease_expires_at, saga_id, owner, name, index, attempts]
+    params.append(started_at)
+    params.extend(_event_params(saga_id, event)[1:])
+    with connection.cursor() as cursor:
+        cursor.execute(_executing_sql(), params)
+        pk, owned = cursor.fetchone()
+    return pk if owned else None
+
+
+@functools.cache
+def _complete_existing_sql() -> str:
+    return (
+        f"WITH s AS (UPDATE {SagaStep._meta.db_table} SET status = 'COMPLETED',"
+        " attempts = %s, output = %s::jsonb, started_at = %s, finished_at = %s,"
+        " duration_ms = %s, next_attempt_at = NULL"
+        " WHERE id = %s AND status IN ('PENDING', 'FAILED', 'EXECUTING')"
+        " AND compensation_status = 'NONE' RETURNING saga_id),"
+        f" e AS (INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS})"
+        " SELECT s.saga_id, %s, %s, %s, %s, %s, %s, %s::jsonb, %s FROM s)"
+        " SELECT count(*) FROM s"
+    )
+
+
+def step_update_completed(
+    *,
+    pk: int,
+    attempts: int,
+    output: Any,
+    started_at: datetime,
+    finished_at: datetime,
+    duration_ms: int,
+    event: Event,
+) -> bool:
+    """Move an existing step row (a remote step marked EXECUTING, or one that failed
+    before) to COMPLETED and append its event, in one statement. False when the row was
+    compensated or completed meanwhile: nothing is written."""
+    params = [attempts, _dumps(output), started_at, finished_at, duration_ms, pk]
+    params.extend(_event_params(None, event)[1:])
+    with connection.cursor() as cursor:
+        cursor.execute(_complete_existing_sql(), params)
+        return cursor.fetchone()[0] > 0

@@ -30,6 +30,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from l2c.db import savepoint
 from sagas.models import OutboxMessage, ProcessedMessage, WebhookSubscription
 from sagas.testing import fault_point
 from sagas.webhooks import webhook_consumer_name, webhook_deliver_once, webhook_subscriptions_for
@@ -89,7 +90,7 @@ def outbox_put(
     else:
         try:
             # The savepoint keeps the caller's transaction usable after a duplicate key.
-            with transaction.atomic():
+            with savepoint():
                 message = OutboxMessage.objects.create(**fields)
         except IntegrityError:
             return OutboxMessage.objects.get(dedup_key=dedup_key)
