@@ -157,3 +157,26 @@ def test_cancelling_a_paid_order_refunds_once_returns_points_and_restocks(gatewa
     assert Decimal(ledger["charged"]) == Decimal(ledger["refunded"]) == Decimal("50.00")
     assert Payment.objects.get().status == Payment.Status.REFUNDED
     assert Order.objects.count() == 1
+
+
+def test_a_placement_saga_started_with_the_order_id_alone_reads_the_order(gateway):
+    from orders.sagas import PLACE_ORDER
+    from orders.services import order_place
+    from sagas.engine import saga_start
+
+    product = make_product(price="12.50", on_hand=5)
+    customer = make_customer(points=0)
+    order = order_place(
+        customer_id=customer.pk,
+        items=[OrderItemIn(product.sku, 2)],
+        payment_method="pm_card_visa",
+        request_key="id-only",
+    )
+    saga = saga_start(PLACE_ORDER, data={"order_id": order.pk}, business_key=order.business_key)
+
+    saga = run_to_end(saga)
+
+    order.refresh_from_db()
+    assert (saga.status, order.status) == (SagaInstance.Status.COMPLETED, Order.Status.PAID)
+    assert stock(product) == (3, 0)
+    assert Payment.objects.get(order_ref=order.business_key).amount == Decimal("25.00")

@@ -146,6 +146,27 @@ def test_the_history_reads_as_the_story_of_the_saga():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_runner_that_lost_its_lease_during_the_last_step_rolls_that_step_back():
+    saga = start("test.five_steps", lose_lease="s5")
+
+    assert saga_run(saga.pk) is None  # the finishing write found another owner
+
+    saga.refresh_from_db()
+    assert saga.status == S.EXECUTING
+    assert saga.lease_owner == "another-runner"
+    assert effects(saga) == {(name, "action"): 1 for name in STEPS[:4]}
+    assert not SagaStep.objects.filter(saga=saga, name="s5").exists()
+    assert (K.COMPLETED, "") not in history(saga)
+
+    # The other owner's lease runs out; the next runner finishes the saga, s5 once.
+    SagaInstance.objects.filter(pk=saga.pk).update(
+        lease_owner="", lease_expires_at=None, context={}
+    )
+    assert saga_run(saga.pk) == S.COMPLETED
+    assert effects(saga) == {(name, "action"): 1 for name in STEPS}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_ten_runners_on_the_same_saga_at_once_run_each_step_once():
     make_counters(*STEPS)
     saga = start("test.five_steps")

@@ -34,9 +34,29 @@ def _act(ctx: StepContext) -> dict:
         raise TestBusinessError(f"{ctx.step} refused")
     if ctx.attempt <= data.get("transient", {}).get(ctx.step, 0):
         raise ConnectionError(f"{ctx.step} attempt {ctx.attempt} lost its connection")
+    if data.get("lose_lease") == ctx.step:
+        # Another runner takes the saga over while this step runs (its own connection, so
+        # the takeover stands whatever this step's transaction does).
+        _take_over(ctx.saga_id)
     Counter.objects.filter(name=ctx.step).update(value=F("value") + 1)
     Effect.objects.create(saga_id=ctx.saga_id, step=ctx.step, kind="action", attempt=ctx.attempt)
     return {"done": ctx.step, "attempt": ctx.attempt}
+
+
+def _take_over(saga_id: str) -> None:
+    import threading
+
+    from sagas.models import SagaInstance
+
+    def steal() -> None:
+        from django.db import connection
+
+        SagaInstance.objects.filter(pk=saga_id).update(lease_owner="another-runner")
+        connection.close()
+
+    thread = threading.Thread(target=steal)
+    thread.start()
+    thread.join()
 
 
 def _undo(ctx: StepContext) -> None:
