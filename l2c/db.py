@@ -5,6 +5,7 @@ catches its error can go on. A saga step's transaction is different: whatever fa
 it fails the whole step, which rolls back, and the engine never goes on in it. There a
 savepoint is two round trips (SAVEPOINT, RELEASE) that buy nothing, and a step calls several
 services; ``step_transaction`` marks the connection and ``savepoint``/``atomic`` skip them.
+``no_savepoints`` does the same for any block whose errors always leave it (order_submit).
 """
 
 from __future__ import annotations
@@ -21,23 +22,36 @@ _MARK = "l2c_in_step_transaction"
 
 
 @contextlib.contextmanager
+def no_savepoints() -> Iterator[None]:
+    """Inside a transaction block that nobody continues after an error (its exception leaves
+    the block, which rolls back), the services called need no savepoints of their own."""
+    connection = transaction.get_connection()
+    before = getattr(connection, _MARK, False)
+    setattr(connection, _MARK, True)
+    try:
+        yield
+    finally:
+        setattr(connection, _MARK, before)
+
+
+@contextlib.contextmanager
 def step_transaction() -> Iterator[None]:
     """``transaction.atomic()`` for a saga step's action and its bookkeeping."""
-    with transaction.atomic():
-        connection = transaction.get_connection()
-        setattr(connection, _MARK, True)
-        try:
-            yield
-        finally:
-            setattr(connection, _MARK, False)
+    with transaction.atomic(), no_savepoints():
+        yield
 
 
 def in_step_transaction() -> bool:
     return getattr(transaction.get_connection(), _MARK, False)
 
 
-def savepoint() -> transaction.Atomic:
-    """``transaction.atomic()``, without the savepoint inside a saga step's transaction."""
+def savepoint() -> contextlib.AbstractContextManager[Any]:
+    """A guard around one statement that may fail (an insert on a unique key): a savepoint
+    inside a transaction, nothing in autocommit (the statement is its own transaction, and a
+    failed one leaves nothing behind), nothing inside a saga step's transaction."""
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        return contextlib.nullcontext()
     return transaction.atomic(savepoint=not in_step_transaction())
 
 
@@ -47,7 +61,7 @@ def atomic(func: F) -> F:
 
     @functools.wraps(func)
     def inner(*args: Any, **kwargs: Any) -> Any:
-        with savepoint():
+        with transaction.atomic(savepoint=not in_step_transaction()):
             return func(*args, **kwargs)
 
     return inner  # type: ignore[return-value]

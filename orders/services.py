@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from inventory.exceptions import UnknownProduct
 from inventory.selectors import product_prices
+from l2c.db import atomic, no_savepoints
 from orders.exceptions import (
     CreditLimitExceeded,
     CustomerInactive,
@@ -65,7 +66,7 @@ def customer_validate(*, customer_id: int, amount: Decimal) -> Customer:
     return customer
 
 
-@transaction.atomic
+@atomic
 def order_place(
     *,
     customer_id: int,
@@ -136,11 +137,23 @@ def order_place(
 def _order_transition(
     *, order_id: int, to: str, allowed_from: Iterable[str], reason: str = ""
 ) -> Order:
-    moved = Order.objects.filter(pk=order_id, status__in=list(allowed_from)).update(
-        status=to, status_reason=reason[:300], updated_at=timezone.now()
+    # Compare-and-set and read back in one statement (UPDATE ... RETURNING): the saga's
+    # steps move every order twice.
+    allowed = list(allowed_from)
+    moved = list(
+        Order.objects.raw(
+            f"UPDATE {Order._meta.db_table} SET status = %s, status_reason = %s,"
+            f" updated_at = %s WHERE id = %s AND status IN ({', '.join(['%s'] * len(allowed))})"
+            " RETURNING *",
+            [to, reason[:300], timezone.now(), order_id, *allowed],
+        )
     )
-    order = Order.objects.get(pk=order_id)
-    if not moved and order.status != to:
+    if moved:
+        return moved[0]
+    order = Order.objects.filter(pk=order_id).first()
+    if order is None:
+        raise Order.DoesNotExist(f"no order {order_id}")
+    if order.status != to:
         raise OrderStateError(order_id=order_id, status=order.status, wanted=to)
     return order
 
@@ -209,14 +222,16 @@ def order_submit(
     """
     from orders.sagas import PLACE_ORDER
 
-    order = order_place(
-        customer_id=customer_id,
-        items=items,
-        payment_method=payment_method,
-        request_key=request_key,
-        points_to_use=points_to_use,
-        placed_by_id=placed_by_id,
-    )
+    # This block's own savepoint (or transaction) rolls back whatever fails in it.
+    with no_savepoints():
+        order = order_place(
+            customer_id=customer_id,
+            items=items,
+            payment_method=payment_method,
+            request_key=request_key,
+            points_to_use=points_to_use,
+            placed_by_id=placed_by_id,
+        )
     saga = saga_start(
         PLACE_ORDER,
         data=_place_order_data(order, items),

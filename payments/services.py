@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from l2c.db import savepoint
 from l2c.faults import fault_point
 from payments.exceptions import PaymentRejected
 from payments.gateway import CENT, Charge, gateway_client
@@ -31,7 +32,7 @@ def _record_payment(
     gateway_charge_id: str,
 ) -> Payment:
     try:
-        with transaction.atomic():
+        with savepoint():
             return Payment.objects.create(
                 key=key,
                 order_ref=order_ref,
