@@ -652,6 +652,7 @@ class _Runner:
             self.rows[step.name] = _step_row(
                 id=pk, saga_id=self.saga_id, name=step.name, index=index, **fields
             )
+            self._renew_lease_if_short(index)
             return
         if row is None:
             self.rows[step.name] = SagaStep.objects.create(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from itertools import pairwise
 
 import pytest
 from django.utils import timezone
@@ -164,6 +165,22 @@ def test_a_runner_that_lost_its_lease_during_the_last_step_rolls_that_step_back(
     )
     assert saga_run(saga.pk) == S.COMPLETED
     assert effects(saga) == {(name, "action"): 1 for name in STEPS}
+
+
+@pytest.mark.django_db
+def test_each_step_renews_the_lease_when_it_would_not_cover_the_next_step(settings):
+    from tests.sagatest.sagas import LEASES_SEEN
+
+    # A lease of 5 s (step timeout) + 5 s (margin) never covers the next step in full once
+    # a step has run, so every step renews it.
+    settings.SAGAS = {**settings.SAGAS, "LEASE_SECONDS": 1, "LEASE_MARGIN_SECONDS": 5}
+    LEASES_SEEN.clear()
+
+    saga = run(start("test.five_steps", watch_lease=True))
+
+    assert saga.status == S.COMPLETED
+    assert len(LEASES_SEEN) == 5
+    assert all(later > earlier for earlier, later in pairwise(LEASES_SEEN))
 
 
 @pytest.mark.django_db(transaction=True)

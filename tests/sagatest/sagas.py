@@ -26,6 +26,10 @@ class TestBusinessError(DomainError):
     code = "test_business_error"
 
 
+# The saga row's lease expiry as each step saw it, for sagas started with "watch_lease".
+LEASES_SEEN: list = []
+
+
 def _act(ctx: StepContext) -> dict:
     data = ctx.data
     if data.get("sleep", {}).get(ctx.step):
@@ -34,6 +38,12 @@ def _act(ctx: StepContext) -> dict:
         raise TestBusinessError(f"{ctx.step} refused")
     if ctx.attempt <= data.get("transient", {}).get(ctx.step, 0):
         raise ConnectionError(f"{ctx.step} attempt {ctx.attempt} lost its connection")
+    if data.get("watch_lease"):
+        from sagas.models import SagaInstance
+
+        LEASES_SEEN.append(
+            SagaInstance.objects.values_list("lease_expires_at", flat=True).get(pk=ctx.saga_id)
+        )
     if data.get("lose_lease") == ctx.step:
         # Another runner takes the saga over while this step runs (its own connection, so
         # the takeover stands whatever this step's transaction does).
