@@ -21,11 +21,13 @@ from inventory.services import ItemIn, stock_confirm, stock_release, stock_reser
 from orders.models import Customer, Order
 from orders.notifications import ORDER_PAID
 from orders.services import (
+    OrderItemIn,
     customer_validate,
     order_await_payment,
     order_cancel,
     order_close_unpaid,
     order_mark_paid,
+    order_saga_input,
 )
 from payments.services import payment_charge, payment_refund, payment_resolve
 from points.services import points_deduct, points_return
@@ -60,17 +62,8 @@ def _facts(ctx: StepContext) -> _Facts:
     data = ctx.data
     if "items" not in data:
         order = _order(ctx)
-        return _Facts(
-            order_id=order.pk,
-            customer_id=order.customer_id,
-            business_key=order.business_key,
-            items=[ItemIn(line.sku, line.quantity) for line in order.lines.all()],
-            total=order.total,
-            points_used=order.points_used,
-            amount_due=order.amount_due,
-            payment_method=order.payment_method,
-            currency=order.currency,
-        )
+        items = [OrderItemIn(line.sku, line.quantity) for line in order.lines.all()]
+        data = order_saga_input(order=order, items=items)
     return _Facts(
         order_id=data["order_id"],
         customer_id=data["customer_id"],

@@ -1,6 +1,6 @@
 """Writes to customers and orders.
 
-Status changes are compare-and-set updates (``filter(status__in=...).update(...)``): two
+Status changes are compare-and-set updates (``UPDATE ... WHERE status IN (...)``): two
 callers racing on one order cannot both move it, and repeating a transition is a no-op.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -150,9 +151,7 @@ def _order_transition(
     )
     if moved:
         return moved[0]
-    order = Order.objects.filter(pk=order_id).first()
-    if order is None:
-        raise Order.DoesNotExist(f"no order {order_id}")
+    order = Order.objects.get(pk=order_id)
     if order.status != to:
         raise OrderStateError(order_id=order_id, status=order.status, wanted=to)
     return order
@@ -234,7 +233,7 @@ def order_submit(
         )
     saga = saga_start(
         PLACE_ORDER,
-        data=_place_order_data(order, items),
+        data=order_saga_input(order=order, items=items),
         business_key=order.business_key,
         correlation_id=correlation_id,
         dedup_key=f"{order.business_key}:place",
@@ -242,9 +241,9 @@ def order_submit(
     return order, saga
 
 
-def _place_order_data(order: Order, items: Sequence[OrderItemIn]) -> dict[str, object]:
-    """The saga's input: the order's facts, which never change once it is placed, so the
-    steps need not read the order back one query each."""
+def order_saga_input(*, order: Order, items: Sequence[OrderItemIn]) -> dict[str, Any]:
+    """The placement saga's input: the order's facts, which never change once it is placed,
+    so the steps need not read the order back one query each."""
     return {
         "order_id": order.pk,
         "customer_id": order.customer_id,

@@ -241,20 +241,6 @@ def saga_run(saga_id: object, *, owner: str | None = None) -> str | None:
             lease_release(saga_id, owner)
 
 
-_STEP_DEFAULTS: dict[str, Any] = {}
-
-
-def _step_row(**values: Any) -> SagaStep:
-    """The SagaStep instance of a row just written: built like ``Model.from_db`` does, from a
-    full set of column values (the defaults, then ``values``), without ``__init__``'s cost."""
-    if not _STEP_DEFAULTS:
-        _STEP_DEFAULTS.update({f.attname: f.get_default() for f in SagaStep._meta.concrete_fields})
-    attnames = tuple(_STEP_DEFAULTS)
-    return SagaStep.from_db(
-        "default", attnames, [values.get(name, _STEP_DEFAULTS[name]) for name in attnames]
-    )
-
-
 class _Outcome:
     DONE = "done"
     WAIT = "wait"
@@ -554,7 +540,7 @@ class _Runner:
                 raise StepAlreadyRecorded(step.name) from None
             if pk is None:
                 raise LeaseLost(str(self.saga_id))
-            self.rows[step.name] = _step_row(
+            self.rows[step.name] = fastpath.step_row(
                 id=pk, saga_id=self.saga_id, name=step.name, index=index, **fields
             )
             self.instance.current_step = step.name
@@ -649,7 +635,7 @@ class _Runner:
                 self.released = self.finished = True
                 for name, value in finish.items():
                     setattr(self.instance, name, value)
-            self.rows[step.name] = _step_row(
+            self.rows[step.name] = fastpath.step_row(
                 id=pk, saga_id=self.saga_id, name=step.name, index=index, **fields
             )
             self._renew_lease_if_short(index)

@@ -13,7 +13,6 @@ Python cost is part of every saga's.
 from __future__ import annotations
 
 import functools
-import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -114,8 +113,7 @@ def step_insert_completed(
     update the saga row with those fields, fenced on the lease ``owner``. Returns the row id
     and whether the saga row was updated (the caller rolls back when it was not).
     A second completion of the same step raises IntegrityError (unique saga + name)."""
-    params = [saga_id, name, index, attempts, _dumps(output), started_at, finished_at]
-    params.append(duration_ms)
+    params = [saga_id, name, index, attempts, _dumps(output), started_at, finished_at, duration_ms]
     if finish:
         params.extend(finish.values())
         params.append(saga_id)
@@ -248,14 +246,30 @@ def lease_take(
 
 @functools.cache
 def _saga_converters() -> tuple[Any, ...]:
-    """What the ORM would do to each column on the way out (JSON text to Python)."""
-
-    def loads(value: Any) -> Any:
-        return json.loads(value) if isinstance(value, str) else value
-
+    """What the ORM does to each column on the way out: the fields' own ``from_db_value``
+    (JSON text to Python for the JSON fields; the other fields have none)."""
     return tuple(
-        loads if f.get_internal_type() == "JSONField" else None
+        functools.partial(f.from_db_value, expression=None, connection=connection)
+        if hasattr(f, "from_db_value")
+        else None
         for f in SagaInstance._meta.concrete_fields
+    )
+
+
+@functools.cache
+def _step_defaults() -> dict[str, Any]:
+    return {f.attname: f.get_default() for f in SagaStep._meta.concrete_fields}
+
+
+def step_row(**values: Any) -> SagaStep:
+    """The SagaStep instance of a row just written by one of these statements, built like
+    ``Model.from_db`` does from a full set of column values (the defaults, then ``values``),
+    without ``__init__``'s keyword path."""
+    defaults = _step_defaults()
+    return SagaStep.from_db(
+        connection.alias,
+        tuple(defaults),
+        [values.get(name, default) for name, default in defaults.items()],
     )
 
 
@@ -289,8 +303,17 @@ def step_insert_executing(
     saga row's current step and renewed lease (fenced on ``owner``). Returns the row id, or
     None when the lease was lost (nothing written). A row already there raises
     IntegrityError (unique saga + name)."""
-    params = [name, started_at, lease_expires_at, saga_id, owner, name, index, attempts]
-    params.append(started_at)
+    params = [
+        name,
+        started_at,
+        lease_expires_at,
+        saga_id,
+        owner,
+        name,
+        index,
+        attempts,
+        started_at,
+    ]
     params.extend(_event_params(saga_id, event)[1:])
     with connection.cursor() as cursor:
         cursor.execute(_executing_sql(), params)
