@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from inventory.exceptions import InsufficientStock, ReservationNotActive, UnknownProduct
 from inventory.models import Product, Reservation, ReservationLine, Restock, Stock
-from l2c.db import atomic, savepoint
+from l2c.db import atomic, fetch_instances, returning, savepoint
 
 PRODUCT_LIST_CACHE_KEY = "inventory:product-list:v1"
 
@@ -121,12 +121,25 @@ def stock_confirm(*, key: str) -> Reservation:
     A reservation released by the expiry sweep is honoured when the units are still
     available; otherwise ``InsufficientStock`` is raised and nothing changes.
     """
-    reservation = Reservation.objects.select_for_update().filter(key=key).first()
-    if reservation is None:
-        raise ReservationNotActive(key=key)
-    if reservation.status == Reservation.Status.CONFIRMED:
-        return reservation
-    was_reserved = reservation.status == Reservation.Status.RESERVED
+    Status = Reservation.Status
+    # The usual case, a held reservation, moves and comes back in one statement. Its row
+    # lock orders it with a concurrent release of the same key, as SELECT FOR UPDATE does
+    # for the other cases below; a failed line rolls the status back with everything else.
+    held = fetch_instances(
+        Reservation,
+        f"UPDATE {Reservation._meta.db_table} SET status = %s, updated_at = %s"
+        f" WHERE key = %s AND status = %s {returning(Reservation)}",
+        [Status.CONFIRMED, timezone.now(), key, Status.RESERVED],
+    )
+    if held:
+        reservation, was_reserved = held[0], True
+    else:
+        reservation = Reservation.objects.select_for_update().filter(key=key).first()
+        if reservation is None:
+            raise ReservationNotActive(key=key)
+        if reservation.status == Status.CONFIRMED:
+            return reservation
+        was_reserved = reservation.status == Status.RESERVED
     for line in _reservation_lines(reservation.pk):
         if was_reserved:
             moved = Stock.objects.filter(
@@ -142,8 +155,9 @@ def stock_confirm(*, key: str) -> Reservation:
             ).update(on_hand=F("on_hand") - line.quantity, updated_at=timezone.now())
         if not moved:
             raise InsufficientStock(sku=str(line.product_id), requested=line.quantity)
-    reservation.status = Reservation.Status.CONFIRMED
-    reservation.save(update_fields=["status", "updated_at"])
+    if not held:
+        reservation.status = Status.CONFIRMED
+        reservation.save(update_fields=["status", "updated_at"])
     _invalidate_product_cache()
     return reservation
 

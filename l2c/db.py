@@ -15,9 +15,10 @@ import functools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from django.db import transaction
+from django.db import connection, models, transaction
 
 F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound=models.Model)
 _MARK = "l2c_in_step_transaction"
 
 
@@ -65,3 +66,53 @@ def atomic(func: F) -> F:
             return func(*args, **kwargs)
 
     return inner  # type: ignore[return-value]
+
+
+# --- Rows of raw statements -----------------------------------------------------------------
+
+
+@functools.cache
+def _row_shape(model: type[models.Model]) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+    fields = model._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    attnames = tuple(f.attname for f in fields)
+    # What the ORM does to each column on the way out: the backend's converters (SQLite
+    # returns dates as text) and the field's own ``from_db_value`` (JSON text to Python).
+    converters = []
+    for field in fields:
+        column = field.get_col(model._meta.db_table)
+        found = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        converters.append(tuple((convert, column) for convert in found))
+    return columns, attnames, tuple(converters)
+
+
+def _converted(value: Any, converters: tuple[tuple[Any, Any], ...]) -> Any:
+    for convert, column in converters:
+        value = convert(value, column, connection)
+    return value
+
+
+def returning(model: type[models.Model]) -> str:
+    """``RETURNING`` with every column of ``model``, in the order ``fetch_instances`` reads."""
+    return f"RETURNING {_row_shape(model)[0]}"
+
+
+def fetch_instances(model: type[M], sql: str, params: list[Any]) -> list[M]:
+    """Run a statement that ends with ``returning(model)`` (an ``UPDATE ... RETURNING`` that
+    moves and reads a row in one round trip) and build the instances like the ORM does,
+    without ``RawQuerySet``'s per-query column mapping: the hot paths run these per step."""
+    _, attnames, converters = _row_shape(model)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [
+        model.from_db(
+            connection.alias,
+            attnames,
+            [
+                _converted(value, found) if found else value
+                for found, value in zip(converters, row, strict=True)
+            ],
+        )
+        for row in rows
+    ]

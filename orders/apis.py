@@ -198,6 +198,8 @@ class OrderCreateApi(_CorrelatedApi):
             ]
             if any(unknown):
                 raise serializers.ValidationError({"items": unknown})
+            # order_submit prices the lines from this same read instead of a second one.
+            self.catalogue = catalogue
             line_totals = [
                 (catalogue[item["sku"]].price * item["quantity"]).quantize(CENT) for item in items
             ]
@@ -246,6 +248,7 @@ class OrderCreateApi(_CorrelatedApi):
                 points_to_use=data["points_to_use"],
                 placed_by_id=request.user.pk,
                 correlation_id=self.correlation_id,
+                catalogue=serializer.catalogue,
             )
         except (UnknownProduct, CustomerNotFound, PointsExceedOrderValue) as exc:
             # Checked above already; raised here only when the catalogue or the customer

@@ -34,6 +34,7 @@ from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
+from l2c.db import no_savepoints, savepoint
 from l2c.faults import fault_point
 from orders.models import IdempotencyRecord
 
@@ -122,7 +123,9 @@ def idempotent(view_method: View) -> View:
             return response
         setattr(request, _CLAIM_ATTRIBUTE, record)
         try:
-            with transaction.atomic():
+            # Whatever fails in the view leaves this block, which rolls back: the services
+            # it calls need no savepoints of their own (see l2c.db).
+            with transaction.atomic(), no_savepoints():
                 response = view_method(view, request, *args, **kwargs)
                 fault_point("api.before_response")
                 if status.is_success(response.status_code):
@@ -147,14 +150,13 @@ def _claim(
     """
     path = path[:255]
     # A few rounds at most: a record can vanish between the failed INSERT and the read
-    # when its request gives the key back, and then the INSERT is worth another try.
+    # when its request gives the key back, or be an expired one that this request removes;
+    # then the INSERT is worth another try.
     for _ in range(3):
         now = timezone.now()
         try:
-            with transaction.atomic():
-                # An expired record is replaced in the same transaction as the INSERT, so
-                # two requests replacing it at once still meet at the unique constraint.
-                IdempotencyRecord.objects.filter(user=user, key=key, expires_at__lte=now).delete()
+            # In autocommit (the views run outside a transaction) this is one statement.
+            with savepoint():
                 return IdempotencyRecord.objects.create(
                     user=user,
                     key=key,
@@ -168,6 +170,11 @@ def _claim(
         except IntegrityError:
             existing = IdempotencyRecord.objects.filter(user=user, key=key).first()
         if existing is None:
+            continue
+        if existing.expires_at <= now:
+            # Past its retention the key is free again. Two requests removing the same
+            # expired record at once still meet at the unique constraint on the next INSERT.
+            IdempotencyRecord.objects.filter(pk=existing.pk, expires_at__lte=now).delete()
             continue
         if (existing.method, existing.path, existing.fingerprint) != (method, path, fingerprint):
             raise IdempotencyKeyReused()

@@ -6,7 +6,7 @@ callers racing on one order cannot both move it, and repeating a transition is a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -16,8 +16,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from inventory.exceptions import UnknownProduct
-from inventory.selectors import product_prices
-from l2c.db import atomic, no_savepoints
+from inventory.selectors import ProductInfo, product_prices
+from l2c.db import atomic, fetch_instances, no_savepoints, returning
 from orders.exceptions import (
     CreditLimitExceeded,
     CustomerInactive,
@@ -76,11 +76,13 @@ def order_place(
     request_key: str,
     points_to_use: int = 0,
     placed_by_id: int | None = None,
+    catalogue: Mapping[str, ProductInfo] | None = None,
 ) -> Order:
     """Record an order with the catalogue's current prices snapshotted on its lines.
 
     Idempotent on ``request_key`` (unique): a replay returns the first order untouched.
-    Prices and totals come from the catalogue; the caller never supplies them.
+    Prices and totals come from the catalogue; the caller never supplies them, but may pass
+    the ``product_prices`` it has just read for these skus to save reading them again.
     """
     # Fast path for replays; the unique request_key below is what actually decides.
     existing = Order.objects.filter(request_key=request_key).first()
@@ -93,7 +95,8 @@ def order_place(
         raise ValueError("an order needs at least one line")
     if len(set(skus)) != len(skus):
         raise ValueError("an order lists each sku once")
-    catalogue = product_prices(skus=skus)
+    if catalogue is None:
+        catalogue = product_prices(skus=skus)
     missing = sorted(set(skus) - set(catalogue))
     if missing:
         raise UnknownProduct(skus=missing)
@@ -141,13 +144,12 @@ def _order_transition(
     # Compare-and-set and read back in one statement (UPDATE ... RETURNING): the saga's
     # steps move every order twice.
     allowed = list(allowed_from)
-    moved = list(
-        Order.objects.raw(
-            f"UPDATE {Order._meta.db_table} SET status = %s, status_reason = %s,"
-            f" updated_at = %s WHERE id = %s AND status IN ({', '.join(['%s'] * len(allowed))})"
-            " RETURNING *",
-            [to, reason[:300], timezone.now(), order_id, *allowed],
-        )
+    moved = fetch_instances(
+        Order,
+        f"UPDATE {Order._meta.db_table} SET status = %s, status_reason = %s,"
+        f" updated_at = %s WHERE id = %s AND status IN ({', '.join(['%s'] * len(allowed))})"
+        f" {returning(Order)}",
+        [to, reason[:300], timezone.now(), order_id, *allowed],
     )
     if moved:
         return moved[0]
@@ -203,7 +205,7 @@ def order_close_unpaid(*, order_id: int, reason: str) -> Order:
     return order
 
 
-@transaction.atomic
+@atomic
 def order_submit(
     *,
     customer_id: int,
@@ -213,11 +215,13 @@ def order_submit(
     points_to_use: int = 0,
     placed_by_id: int | None = None,
     correlation_id: str = "",
+    catalogue: Mapping[str, ProductInfo] | None = None,
 ) -> tuple[Order, SagaInstance]:
     """Record the order and start its placement saga in one transaction.
 
     Idempotent on ``request_key``: a replay returns the first order and its saga. The saga
-    runs in a worker after commit; the order's status follows it.
+    runs in a worker after commit; the order's status follows it. ``catalogue``: as for
+    ``order_place``.
     """
     from orders.sagas import PLACE_ORDER
 
@@ -230,6 +234,7 @@ def order_submit(
             request_key=request_key,
             points_to_use=points_to_use,
             placed_by_id=placed_by_id,
+            catalogue=catalogue,
         )
     saga = saga_start(
         PLACE_ORDER,

@@ -150,23 +150,21 @@ def saga_start(
         updated_at=now,
     )
     event = fastpath.Event(kind=Kind.STARTED, status=Status.STARTED, created_at=now)
-    fast = fastpath.enabled()
-    try:
-        if fast and not transaction.get_connection().in_atomic_block:
-            # In autocommit the one statement is its own transaction: no BEGIN and COMMIT.
-            fastpath.saga_insert(instance=instance, event=event)
-        else:
+    if fastpath.enabled():
+        # One statement, atomic on its own: in autocommit no BEGIN and COMMIT, in the
+        # caller's transaction no savepoint (a taken dedup_key inserts nothing).
+        if not fastpath.saga_insert(instance=instance, event=event):
+            return SagaInstance.objects.get(dedup_key=dedup_key)
+    else:
+        try:
             # The savepoint is only needed to survive a dedup_key conflict.
             with transaction.atomic(savepoint=dedup_key is not None):
-                if fast:
-                    fastpath.saga_insert(instance=instance, event=event)
-                else:
-                    instance.save(force_insert=True)
-                    event.as_model(instance.pk).save(force_insert=True)
-    except IntegrityError:
-        if dedup_key is None:
-            raise
-        return SagaInstance.objects.get(dedup_key=dedup_key)
+                instance.save(force_insert=True)
+                event.as_model(instance.pk).save(force_insert=True)
+        except IntegrityError:
+            if dedup_key is None:
+                raise
+            return SagaInstance.objects.get(dedup_key=dedup_key)
     instance._state.adding = False
     _log_transition(
         logging.INFO, instance, "saga_started", "started", "saga %s started", instance.pk

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 
+from l2c.db import fetch_instances, returning
 from sagas.models import SagaEvent, SagaInstance, SagaStep
 
 _STEP_COLUMNS = (
@@ -171,7 +172,9 @@ def _saga_insert_sql() -> str:
     return (
         f"WITH s AS (INSERT INTO {SagaInstance._meta.db_table} ({_SAGA_INSERT}) VALUES"
         " (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, '', %s, '', 0, 0, '', '',"
-        " %s, %s, '', '', '') RETURNING id)"
+        " %s, %s, '', '', '')"
+        # A taken dedup_key inserts nothing (no error, so no savepoint is needed to go on).
+        " ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING RETURNING id)"
         f" INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS})"
         " SELECT s.id, %s, %s, %s, %s, %s, %s, %s::jsonb, %s FROM s"
     )
@@ -185,9 +188,9 @@ def _check_insert_columns() -> None:
         raise RuntimeError(f"saga_insert does not set the NOT NULL columns {sorted(missing)}")
 
 
-def saga_insert(*, instance: SagaInstance, event: Event) -> None:
+def saga_insert(*, instance: SagaInstance, event: Event) -> bool:
     """Insert a new saga row and its first event in one statement (one round trip, atomic
-    on its own). A taken dedup_key raises IntegrityError."""
+    on its own). False, with nothing written, when the dedup_key is taken."""
     params = [
         instance.pk,
         instance.definition,
@@ -206,23 +209,21 @@ def saga_insert(*, instance: SagaInstance, event: Event) -> None:
     ]
     with connection.cursor() as cursor:
         cursor.execute(_saga_insert_sql(), params)
+        return cursor.rowcount == 1
 
 
 @functools.cache
-def _lease_sql() -> tuple[str, tuple[str, ...]]:
+def _lease_sql() -> str:
     table = SagaInstance._meta.db_table
-    attnames = tuple(f.attname for f in SagaInstance._meta.concrete_fields)
-    columns = ", ".join(f.column for f in SagaInstance._meta.concrete_fields)
     active = ", ".join(f"'{status}'" for status in SagaInstance.ACTIVE)
-    sql = (
+    return (
         f"UPDATE {table} SET lease_owner = %s, lease_expires_at = %s, runs = runs + 1,"
         " updated_at = %s,"
         " status = CASE WHEN status = 'STARTED' THEN 'EXECUTING' ELSE status END"
         f" WHERE id = %s AND status IN ({active})"
         " AND (lease_expires_at IS NULL OR lease_expires_at < %s)"
-        f" RETURNING {columns}"
+        f" {returning(SagaInstance)}"
     )
-    return sql, attnames
 
 
 def lease_take(
@@ -230,30 +231,8 @@ def lease_take(
 ) -> SagaInstance | None:
     """Take the lease and read the saga in one statement (UPDATE ... RETURNING); None when
     it is finished or somebody else holds it. A new saga moves to EXECUTING on the way."""
-    sql, attnames = _lease_sql()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [owner, expires_at, now, saga_id, now])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    converters = _saga_converters()
-    values = [
-        convert(value) if convert else value
-        for convert, value in zip(converters, row, strict=True)
-    ]
-    return SagaInstance.from_db(connection.alias, attnames, values)
-
-
-@functools.cache
-def _saga_converters() -> tuple[Any, ...]:
-    """What the ORM does to each column on the way out: the fields' own ``from_db_value``
-    (JSON text to Python for the JSON fields; the other fields have none)."""
-    return tuple(
-        functools.partial(f.from_db_value, expression=None, connection=connection)
-        if hasattr(f, "from_db_value")
-        else None
-        for f in SagaInstance._meta.concrete_fields
-    )
+    rows = fetch_instances(SagaInstance, _lease_sql(), [owner, expires_at, now, saga_id, now])
+    return rows[0] if rows else None
 
 
 @functools.cache

@@ -4,9 +4,10 @@ from datetime import timedelta
 from itertools import pairwise
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
-from sagas.engine import saga_run
+from sagas.engine import saga_run, saga_start
 from sagas.models import SagaEvent, SagaInstance, SagaStep
 from tests.concurrency import run_concurrently
 from tests.sagas.helpers import effects, history, make_counters, run, start
@@ -209,3 +210,39 @@ def test_a_late_action_after_its_compensation_is_refused():
     assert effects(saga)[("s1", "action")] == 0
     assert (K.LATE_ACTION_REFUSED, "s1") in history(saga)
     assert saga.status == S.COMPENSATED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_start_under_a_taken_dedup_key_returns_the_first_saga_and_writes_nothing():
+    first = saga_start("test.five_steps", data={}, dedup_key="order:1:place", enqueue=False)
+
+    again = saga_start("test.five_steps", data={"n": 2}, dedup_key="order:1:place", enqueue=False)
+
+    assert again.pk == first.pk and again.context == {}
+    assert SagaInstance.objects.count() == 1
+    assert SagaEvent.objects.filter(kind=K.STARTED).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_taken_dedup_key_leaves_the_callers_transaction_usable():
+    first = saga_start("test.five_steps", data={}, dedup_key="order:2:place", enqueue=False)
+
+    with transaction.atomic():
+        again = saga_start("test.five_steps", data={}, dedup_key="order:2:place", enqueue=False)
+        # The caller goes on in the same transaction and commits its own work.
+        other = saga_start("test.five_steps", data={}, enqueue=False)
+
+    assert again.pk == first.pk
+    assert set(SagaInstance.objects.values_list("pk", flat=True)) == {first.pk, other.pk}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ten_concurrent_starts_under_one_dedup_key_make_one_saga():
+    def start_one(_: int) -> object:
+        return saga_start("test.five_steps", data={}, dedup_key="order:3:place", enqueue=False).pk
+
+    ids = run_concurrently(start_one, 10)
+
+    assert len(set(ids)) == 1
+    assert SagaInstance.objects.count() == 1
+    assert SagaEvent.objects.filter(kind=K.STARTED).count() == 1
