@@ -49,7 +49,7 @@ def test_urls_switch_to_postgresql_and_redis():
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
-        "django_prometheus.db.backends.postgresql",
+        "l2c.db_backends.postgresql",
         "django_redis.cache.RedisCache",
         "redis",
         "False",

@@ -113,7 +113,7 @@ if DATABASE_URL:
         _conn_max_age = env_int("DATABASE_CONN_MAX_AGE", 60)
     DATABASES = {
         "default": {
-            "ENGINE": "django_prometheus.db.backends.postgresql",
+            "ENGINE": "l2c.db_backends.postgresql",
             **_db,
             "OPTIONS": _options,
             "CONN_MAX_AGE": _conn_max_age,

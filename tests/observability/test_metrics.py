@@ -219,3 +219,41 @@ def test_a_fresh_collector_sees_the_same_figures():
     assert scrape.value("saga_total", definition=DEFINITION) == scrape_metrics().value(
         "saga_total", definition=DEFINITION
     )
+
+
+@pytest.mark.django_db
+def test_each_statement_is_counted_timed_and_its_errors_typed_by_the_database_metrics():
+    from django.db import connection
+    from django_prometheus.db import (
+        errors_total,
+        execute_many_total,
+        execute_total,
+        query_duration_seconds,
+    )
+
+    # A registry of these four alone: scraping the default one runs the saga collector's
+    # queries, which these counters would count too.
+    registry = CollectorRegistry()
+    for metric in (execute_total, execute_many_total, query_duration_seconds, errors_total):
+        registry.register(metric)
+    labels = {"alias": "default", "vendor": connection.vendor}
+
+    def sample(name: str, **extra: str) -> float:
+        return registry.get_sample_value(name, {**labels, **extra}) or 0.0
+
+    executed = sample("django_db_execute_total")
+    timed = sample("django_db_query_duration_seconds_count")
+    many = sample("django_db_execute_many_total")
+    errors = sample("django_db_errors_total", type="UndefinedTable")
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.executemany("SELECT %s", [(1,), (2,), (3,)])
+    with pytest.raises(DatabaseError), connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM no_such_table")
+
+    assert sample("django_db_execute_total") == executed + 1 + 3 + 1
+    assert sample("django_db_execute_many_total") == many + 3
+    assert sample("django_db_query_duration_seconds_count") == timed + 3
+    # The driver's own exception type, as django-prometheus labels it.
+    assert sample("django_db_errors_total", type="UndefinedTable") == errors + 1
