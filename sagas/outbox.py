@@ -16,10 +16,12 @@ with every processed message, so renaming a consumer makes it take old messages 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -115,7 +117,46 @@ def _relay_after_commit() -> None:
     transaction.on_commit(_relay_soon)
 
 
+# Set while a worker runs a saga task (``relay_when_done``): the messages its steps put are
+# relayed by that worker when the task ends, instead of by a relay task of their own.
+_task = threading.local()
+# Messages a task relays itself before it leaves the rest to a prompt relay task: enough for
+# the few messages of one saga, little enough not to hold the worker on a backlog.
+_IN_TASK_BATCH = 10
+
+
 def _relay_soon() -> None:
+    if getattr(_task, "active", False):
+        _task.wanted = True
+        return
+    _enqueue_relay()
+
+
+@contextlib.contextmanager
+def relay_when_done() -> Iterator[None]:
+    """Around a worker task: relay what the task's commits put in the outbox when it ends.
+
+    The worker is about to be free anyway, and a message put by the last step of a saga
+    goes out as soon as the saga is done, without the broker round trip, the pickling and
+    the connection check of a separate task. Only a backlog bigger than one small batch,
+    or a relay that failed, is left to a prompt relay task (and the periodic one).
+    """
+    _task.active, _task.wanted = True, False
+    try:
+        yield
+    finally:
+        wanted = _task.wanted
+        _task.active = _task.wanted = False
+        if wanted:
+            try:
+                if outbox_relay(batch=_IN_TASK_BATCH) >= _IN_TASK_BATCH:
+                    _enqueue_relay()
+            except Exception:
+                logger.warning("in-task outbox relay failed; handing it over", exc_info=True)
+                _enqueue_relay()
+
+
+def _enqueue_relay() -> None:
     # Runs after the commit: a failure here must not reach the caller, whose change is
     # already committed. The periodic relay publishes the message anyway, just later.
     try:

@@ -6,7 +6,10 @@ from sagas import deadletters, engine
 
 
 def run_saga(saga_id: str) -> str | None:
-    return engine.saga_run(saga_id)
+    from sagas.outbox import relay_when_done
+
+    with relay_when_done():
+        return engine.saga_run(saga_id)
 
 
 def wake_sagas() -> int:

@@ -400,3 +400,46 @@ def test_the_backlog_counts_messages_per_status_and_ages_the_oldest_pending():
         "FAILED": 1,
     }
     assert backlog["oldest_pending_age_seconds"] >= 30
+
+
+def test_a_saga_task_relays_the_messages_its_steps_put_when_it_ends(
+    transactional_db, enqueued, register
+):
+    from sagas.engine import saga_start
+    from sagas.tasks import run_saga
+    from tests.sagas.helpers import make_counters
+
+    make_counters("a1")
+    heard: list[dict] = []
+    register("test.announced", "test:heard", lambda message: heard.append(message.payload))
+    saga = saga_start("test.announcing", data={}, enqueue=False)
+
+    assert run_saga(str(saga.pk)) == "COMPLETED"
+
+    message = OutboxMessage.objects.get(topic="test.announced")
+    assert message.status == S.SENT
+    assert heard == [{"saga": str(saga.pk)}]
+    assert enqueued == []  # relayed by the saga's own task, not by a relay task of its own
+
+
+def test_a_saga_task_hands_a_backlog_beyond_its_batch_to_a_relay_task(
+    transactional_db, enqueued, register
+):
+    from sagas.engine import saga_start
+    from sagas.tasks import run_saga
+    from tests.sagas.helpers import make_counters
+
+    make_counters("a1")
+    register("test.announced", "test:heard", lambda message: None)
+    for n in range(12):
+        outbox_put(topic="test.announced", payload={"n": n})
+    enqueued.clear()
+    saga = saga_start("test.announcing", data={}, enqueue=False)
+
+    run_saga(str(saga.pk))
+
+    # The task relayed one small batch and left the rest to a prompt relay task.
+    assert OutboxMessage.objects.filter(status=S.SENT).count() == 10
+    assert enqueued == [RELAY_TASK]
+    run_enqueued(enqueued)
+    assert not OutboxMessage.objects.exclude(status=S.SENT).exists()

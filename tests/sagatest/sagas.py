@@ -173,3 +173,22 @@ PAYMENT = register(
         ),
     )
 )
+
+
+def _announce(ctx: StepContext) -> dict:
+    from sagas.outbox import outbox_put
+
+    message = outbox_put(topic="test.announced", payload={"saga": str(ctx.saga_id)})
+    return {"message": str(message.pk)}
+
+
+ANNOUNCING = register(
+    Saga(
+        name="test.announcing",
+        version=1,
+        steps=(
+            step("a1"),
+            Step("announce", action=_announce, nothing_to_undo=True),
+        ),
+    )
+)
