@@ -30,7 +30,12 @@ from orders.idempotency import HEADER as IDEMPOTENCY_HEADER
 from orders.idempotency import idempotent, service_request_key
 from orders.models import Order
 from orders.selectors import customer_get, order_list_for_user
-from orders.serializers import OrderSerializer, OrderWithSagaSerializer, StrictIntegerField
+from orders.serializers import (
+    OrderSerializer,
+    OrderWithSagaSerializer,
+    StrictIntegerField,
+    order_data,
+)
 from orders.services import OrderItemIn, order_request_cancel, order_submit
 from points.selectors import points_balance, points_value
 
@@ -254,7 +259,7 @@ class OrderCreateApi(_CorrelatedApi):
             # Checked above already; raised here only when the catalogue or the customer
             # changed in between, and still the client's input to fix.
             raise _as_field_error(exc) from exc
-        body = OrderWithSagaSerializer(order, context={"saga": saga}).data
+        body = order_data(order, saga=saga)
         location = reverse("api:order-detail", kwargs={"order_id": order.pk})
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
@@ -267,7 +272,7 @@ class OrderDetailApi(APIView):
         responses={200: OrderSerializer, **_error_responses(401, 403, 404)},
     )
     def get(self, request: Request, order_id: int) -> Response:
-        return Response(OrderSerializer(_visible_order(request, order_id)).data)
+        return Response(order_data(_visible_order(request, order_id)))
 
 
 class OrderCancelApi(_CorrelatedApi):
@@ -298,7 +303,7 @@ class OrderCancelApi(_CorrelatedApi):
             reason=serializer.validated_data["reason"],
             correlation_id=self.correlation_id,
         )
-        body = OrderWithSagaSerializer(order, context={"saga": saga}).data
+        body = order_data(order, saga=saga)
         location = reverse("api:saga-detail", kwargs={"saga_id": saga.pk})
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 

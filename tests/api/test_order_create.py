@@ -176,3 +176,32 @@ def test_a_bad_token_is_refused(order_body):
     assert response.status_code == 401
     assert response.json()["code"] == "authentication_failed"
     assert Order.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("time_zone", ["UTC", "Europe/Paris"])
+def test_the_answers_are_the_documented_serializers_field_for_field(
+    user_client, order_body, settings, time_zone
+):
+    import json
+
+    from django.utils import timezone
+
+    from orders.serializers import OrderSerializer, OrderWithSagaSerializer
+    from orders.services import order_cancel
+
+    settings.TIME_ZONE = time_zone
+    with timezone.override(time_zone):
+        response = user_client.post(ORDERS_URL, order_body(), format="json")
+        order = Order.objects.get()
+        saga = SagaInstance.objects.get()
+        documented = OrderWithSagaSerializer(order, context={"saga": saga}).data
+        assert response.json() == json.loads(json.dumps(documented))
+
+        # A reason, a status other than PLACED and amounts without cents, read back.
+        order_cancel(order_id=order.pk, reason="Kunde hat storniert, Grüße")
+        Order.objects.filter(pk=order.pk).update(points_value=Decimal("3"))
+        order = Order.objects.get()
+        detail = user_client.get(f"{ORDERS_URL}{order.pk}/")
+        assert detail.json() == json.loads(json.dumps(OrderSerializer(order).data))
+        assert detail.json()["points_value"] == "3.00"
