@@ -12,14 +12,48 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
+from django.utils.translation import gettext_lazy as _
 from django.views import defaults
-from rest_framework import exceptions, serializers, status
+from rest_framework import authentication, exceptions, serializers, status
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 
+from l2c.db import instance_from_row, select_columns
 from l2c.errors import DomainError
+
+
+class TokenAuthentication(authentication.TokenAuthentication):
+    """DRF's token authentication, with the token and its user read in one plain statement.
+
+    Same checks and answers as DRF's; the ORM query it replaces (``select_related`` and
+    ``get``) cost more to build than to run, on every API request.
+    """
+
+    def authenticate_credentials(self, key: str) -> tuple[Any, Any]:
+        from django.contrib.auth import get_user_model
+        from django.db import connection
+
+        token_model, user_model = self.get_model(), get_user_model()
+        user_id = token_model._meta.get_field("user").column
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {select_columns(token_model, 't')}, {select_columns(user_model, 'u')}"
+                f" FROM {token_model._meta.db_table} t JOIN {user_model._meta.db_table} u"
+                f" ON u.{user_model._meta.pk.column} = t.{user_id}"
+                f" WHERE t.{token_model._meta.pk.column} = %s",
+                [key],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise exceptions.AuthenticationFailed(_("Invalid token."))
+        split = len(token_model._meta.concrete_fields)
+        token = instance_from_row(token_model, row[:split])
+        token.user = instance_from_row(user_model, row[split:])
+        if not token.user.is_active:
+            raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
+        return token.user, token
 
 
 class RequestTooLarge(exceptions.APIException):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from django.db import connection, models, transaction
@@ -97,22 +97,32 @@ def returning(model: type[models.Model]) -> str:
     return f"RETURNING {_row_shape(model)[0]}"
 
 
+def select_columns(model: type[models.Model], alias: str) -> str:
+    """Every column of ``model`` qualified with ``alias``, in the order ``instance_from_row``
+    reads them: for a SELECT that joins several tables."""
+    return ", ".join(
+        f"{alias}.{connection.ops.quote_name(f.column)}" for f in model._meta.concrete_fields
+    )
+
+
+def instance_from_row(model: type[M], row: Sequence[Any]) -> M:
+    """The instance of one row of ``model``'s columns, built as the ORM builds it."""
+    _, attnames, converters = _row_shape(model)
+    return model.from_db(
+        connection.alias,
+        attnames,
+        [
+            _converted(value, found) if found else value
+            for found, value in zip(converters, row, strict=True)
+        ],
+    )
+
+
 def fetch_instances(model: type[M], sql: str, params: list[Any]) -> list[M]:
     """Run a statement that ends with ``returning(model)`` (an ``UPDATE ... RETURNING`` that
     moves and reads a row in one round trip) and build the instances like the ORM does,
     without ``RawQuerySet``'s per-query column mapping: the hot paths run these per step."""
-    _, attnames, converters = _row_shape(model)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    return [
-        model.from_db(
-            connection.alias,
-            attnames,
-            [
-                _converted(value, found) if found else value
-                for found, value in zip(converters, row, strict=True)
-            ],
-        )
-        for row in rows
-    ]
+    return [instance_from_row(model, row) for row in rows]
