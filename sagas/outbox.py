@@ -409,9 +409,23 @@ def _mark_failed(message: OutboxMessage, token: datetime, errors: list[str]) -> 
 
 def _finish(message: OutboxMessage, token: datetime, **fields: Any) -> bool:
     """Write the outcome if this relay still holds the claim ``token``."""
-    written = OutboxMessage.objects.filter(
-        pk=message.pk, status=Status.PENDING, next_attempt_at=token
-    ).update(**fields)
+    # A plain compare-and-set: the ORM's update costs more to build than to run, once per
+    # message relayed.
+    meta = OutboxMessage._meta
+    columns = [meta.get_field(name) for name in fields]
+    assignments = ", ".join(f"{field.column} = %s" for field in columns)
+    params = [field.get_db_prep_value(fields[field.name], connection) for field in columns]
+    params += [
+        meta.pk.get_db_prep_value(message.pk, connection),
+        meta.get_field("next_attempt_at").get_db_prep_value(token, connection),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {meta.db_table} SET {assignments}"
+            f" WHERE id = %s AND status = '{Status.PENDING}' AND next_attempt_at = %s",
+            params,
+        )
+        written = cursor.rowcount
     if not written:
         # The claim expired and another relay took the message over; its outcome counts.
         logger.info("outbox message %s: claim lost before its outcome was written", message.pk)
