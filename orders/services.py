@@ -135,6 +135,9 @@ def order_place(
     for line in lines:
         line.order = order
     OrderLine.objects.bulk_create(lines)
+    # The lines just written, as order.lines.all() would read them back: the API answers
+    # with them, and reading them again would cost a query per order placed.
+    order._prefetched_objects_cache = {"lines": lines}
     return order
 
 
