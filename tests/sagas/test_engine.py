@@ -12,6 +12,7 @@ from sagas.models import SagaEvent, SagaInstance, SagaStep
 from tests.concurrency import run_concurrently
 from tests.sagas.helpers import effects, history, make_counters, run, start
 from tests.sagatest.models import Counter
+from tests.workers import wait_for
 
 S = SagaInstance.Status
 K = SagaEvent.Kind
@@ -246,3 +247,31 @@ def test_ten_concurrent_starts_under_one_dedup_key_make_one_saga():
     assert len(set(ids)) == 1
     assert SagaInstance.objects.count() == 1
     assert SagaEvent.objects.filter(kind=K.STARTED).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_steps_time_limit_gives_the_workers_own_task_alarm_back():
+    import signal
+
+    fired: list[int] = []
+
+    def task_timeout(signum, frame):  # the worker's handler for its task timeout
+        fired.append(signum)
+
+    previous = signal.signal(signal.SIGALRM, task_timeout)
+    signal.setitimer(signal.ITIMER_REAL, 120)
+    try:
+        saga = run(start("test.five_steps"))
+
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert saga.status == S.COMPLETED
+        assert 0 < left <= 120  # still armed, less what the steps took
+        assert signal.getsignal(signal.SIGALRM) is task_timeout
+
+        # An alarm that falls due during a step still goes off, right after the step.
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        run(start("test.five_steps", sleep={"s1": 0.2}))
+        wait_for(lambda: fired, timeout=10, what="the task alarm")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
