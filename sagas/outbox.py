@@ -1,9 +1,11 @@
 """The transactional outbox: messages that commit with the business change that caused them.
 
 - ``outbox_put`` inserts a message in the caller's transaction: it exists if and only if the
-  business change committed. After the commit it asks a worker for a prompt relay.
+  business change committed. After the commit it asks for a prompt relay: from a worker's
+  saga task, that worker relays when its task ends (``relay_when_done``); from anywhere else
+  (a web request), a relay task is enqueued.
 - ``outbox_relay`` publishes due messages to every consumer of their topic, at least once.
-  It runs from that prompt task and from the periodic schedule, which is the backstop when
+  It runs from those prompt relays and from the periodic schedule, which is the backstop when
   the broker lost the prompt task or a relay died half-way.
 - Consumers make at-least-once publishing effectively once: ``consume_once`` records
   ``ProcessedMessage(consumer, message id)`` in the transaction of the consumer's effect, and
