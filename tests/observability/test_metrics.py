@@ -221,7 +221,9 @@ def test_a_fresh_collector_sees_the_same_figures():
     )
 
 
-@pytest.mark.django_db
+# transaction=True: in autocommit the failing statement leaves no aborted transaction behind
+# for the test's teardown.
+@pytest.mark.django_db(transaction=True)
 def test_each_statement_is_counted_timed_and_its_errors_typed_by_the_database_metrics():
     from django.db import connection
     from django_prometheus.db import (
@@ -241,6 +243,8 @@ def test_each_statement_is_counted_timed_and_its_errors_typed_by_the_database_me
     def sample(name: str, **extra: str) -> float:
         return registry.get_sample_value(name, {**labels, **extra}) or 0.0
 
+    # Connected first: a new connection's own set-up statements count too.
+    connection.ensure_connection()
     executed = sample("django_db_execute_total")
     timed = sample("django_db_query_duration_seconds_count")
     many = sample("django_db_execute_many_total")
