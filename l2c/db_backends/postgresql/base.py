@@ -72,9 +72,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if connection is None or connection.closed or connection.broken:
             return False
         try:
-            readable, _, _ = select.select([connection.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return False
+            # poll(), not select(): no limit on the descriptor's number.
+            poller = select.poll()
+            poller.register(connection.fileno(), select.POLLIN)
+            readable = poller.poll(0)
+        except (AttributeError, OSError, ValueError):
+            readable = True  # cannot tell without asking: ask
         return not readable or super().is_usable()
 
     def get_connection_params(self) -> dict[str, Any]:
