@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from inventory.exceptions import InsufficientStock, ReservationNotActive, UnknownProduct
 from inventory.models import Product, Reservation, ReservationLine, Restock, Stock
-from l2c.db import atomic, fetch_instances, returning, savepoint
+from l2c.db import atomic, db_value, fetch_instances, returning, savepoint
 
 PRODUCT_LIST_CACHE_KEY = "inventory:product-list:v1"
 
@@ -129,7 +129,12 @@ def stock_confirm(*, key: str) -> Reservation:
         Reservation,
         f"UPDATE {Reservation._meta.db_table} SET status = %s, updated_at = %s"
         f" WHERE key = %s AND status = %s {returning(Reservation)}",
-        [Status.CONFIRMED, timezone.now(), key, Status.RESERVED],
+        [
+            Status.CONFIRMED,
+            db_value(Reservation, "updated_at", timezone.now()),
+            key,
+            Status.RESERVED,
+        ],
     )
     if held:
         reservation, was_reserved = held[0], True

@@ -6,6 +6,10 @@ it fails the whole step, which rolls back, and the engine never goes on in it. T
 savepoint is two round trips (SAVEPOINT, RELEASE) that buy nothing, and a step calls several
 services; ``step_transaction`` marks the connection and ``savepoint``/``atomic`` skip them.
 ``no_savepoints`` does the same for any block whose errors always leave it (order_submit).
+
+The hot paths also run some plain statements (``UPDATE ... RETURNING`` that moves and reads a
+row at once); the helpers at the end send their values and read their rows the way the ORM
+would.
 """
 
 from __future__ import annotations
@@ -71,10 +75,16 @@ def atomic(func: F) -> F:
 # --- Rows of raw statements -----------------------------------------------------------------
 
 
+def _column_list(model: type[models.Model], alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(
+        f"{prefix}{connection.ops.quote_name(f.column)}" for f in model._meta.concrete_fields
+    )
+
+
 @functools.cache
 def _row_shape(model: type[models.Model]) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
     fields = model._meta.concrete_fields
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     attnames = tuple(f.attname for f in fields)
     # What the ORM does to each column on the way out: the backend's converters (SQLite
     # returns dates as text) and the field's own ``from_db_value`` (JSON text to Python).
@@ -83,7 +93,7 @@ def _row_shape(model: type[models.Model]) -> tuple[str, tuple[str, ...], tuple[A
         column = field.get_col(model._meta.db_table)
         found = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
         converters.append(tuple((convert, column) for convert in found))
-    return columns, attnames, tuple(converters)
+    return _column_list(model), attnames, tuple(converters)
 
 
 def _converted(value: Any, converters: tuple[tuple[Any, Any], ...]) -> Any:
@@ -100,9 +110,13 @@ def returning(model: type[models.Model]) -> str:
 def select_columns(model: type[models.Model], alias: str) -> str:
     """Every column of ``model`` qualified with ``alias``, in the order ``instance_from_row``
     reads them: for a SELECT that joins several tables."""
-    return ", ".join(
-        f"{alias}.{connection.ops.quote_name(f.column)}" for f in model._meta.concrete_fields
-    )
+    return _column_list(model, alias)
+
+
+def db_value(model: type[models.Model], field: str, value: Any) -> Any:
+    """``value`` as the ORM sends it for ``model.field``, for a plain statement's parameter:
+    SQLite keeps datetimes as naive UTC text, where its driver alone would add an offset."""
+    return model._meta.get_field(field).get_db_prep_value(value, connection)
 
 
 def instance_from_row(model: type[M], row: Sequence[Any]) -> M:

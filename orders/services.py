@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from inventory.exceptions import UnknownProduct
 from inventory.selectors import ProductInfo, product_prices
-from l2c.db import atomic, fetch_instances, no_savepoints, returning
+from l2c.db import atomic, db_value, fetch_instances, no_savepoints, returning
 from orders.exceptions import (
     CreditLimitExceeded,
     CustomerInactive,
@@ -152,7 +152,7 @@ def _order_transition(
         f"UPDATE {Order._meta.db_table} SET status = %s, status_reason = %s,"
         f" updated_at = %s WHERE id = %s AND status IN ({', '.join(['%s'] * len(allowed))})"
         f" {returning(Order)}",
-        [to, reason[:300], timezone.now(), order_id, *allowed],
+        [to, reason[:300], db_value(Order, "updated_at", timezone.now()), order_id, *allowed],
     )
     if moved:
         return moved[0]

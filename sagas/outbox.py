@@ -35,7 +35,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from l2c.db import fetch_instances, returning, savepoint
+from l2c.db import db_value, fetch_instances, returning, savepoint
 from sagas.models import OutboxMessage, ProcessedMessage, WebhookSubscription
 from sagas.testing import fault_point
 from sagas.webhooks import webhook_consumer_name, webhook_deliver_once, webhook_subscriptions_for
@@ -262,15 +262,14 @@ def _processed_insert(consumer_name: str, message_id: Any) -> bool:
 
     ``ON CONFLICT DO NOTHING`` on the unique pair: a duplicate costs neither a failed insert
     (with its savepoint and log line) nor a read before the insert."""
-    meta = ProcessedMessage._meta
     params = [
         consumer_name,
-        meta.get_field("message_id").get_db_prep_value(message_id, connection),
-        meta.get_field("processed_at").get_db_prep_value(timezone.now(), connection),
+        db_value(ProcessedMessage, "message_id", message_id),
+        db_value(ProcessedMessage, "processed_at", timezone.now()),
     ]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {meta.db_table} (consumer, message_id, processed_at)"
+            f"INSERT INTO {ProcessedMessage._meta.db_table} (consumer, message_id, processed_at)"
             " VALUES (%s, %s, %s) ON CONFLICT (consumer, message_id) DO NOTHING",
             params,
         )
@@ -414,12 +413,11 @@ def _finish(message: OutboxMessage, token: datetime, **fields: Any) -> bool:
     # A plain compare-and-set: the ORM's update costs more to build than to run, once per
     # message relayed.
     meta = OutboxMessage._meta
-    columns = [meta.get_field(name) for name in fields]
-    assignments = ", ".join(f"{field.column} = %s" for field in columns)
-    params = [field.get_db_prep_value(fields[field.name], connection) for field in columns]
+    assignments = ", ".join(f"{meta.get_field(name).column} = %s" for name in fields)
+    params = [db_value(OutboxMessage, name, value) for name, value in fields.items()]
     params += [
-        meta.pk.get_db_prep_value(message.pk, connection),
-        meta.get_field("next_attempt_at").get_db_prep_value(token, connection),
+        db_value(OutboxMessage, "id", message.pk),
+        db_value(OutboxMessage, "next_attempt_at", token),
     ]
     with connection.cursor() as cursor:
         cursor.execute(
