@@ -30,30 +30,26 @@ def counting_cursor(cursor_class: type, alias: str, vendor: str) -> type:
     executed_many = execute_many_total.labels(alias, vendor)
     duration = query_duration_seconds.labels(alias, vendor)
 
+    def timed(method: Any, *args: Any, **kwargs: Any) -> Any:
+        start = perf_counter()
+        try:
+            return method(*args, **kwargs)
+        except BaseException as error:
+            errors_total.labels(alias, vendor, type(error).__name__).inc()
+            raise
+        finally:
+            duration.observe(perf_counter() - start)
+
     class CountingCursor(cursor_class):  # type: ignore[misc, valid-type]
         def execute(self, *args: Any, **kwargs: Any) -> Any:
             executed.inc()
-            start = perf_counter()
-            try:
-                return super().execute(*args, **kwargs)
-            except BaseException as error:
-                errors_total.labels(alias, vendor, type(error).__name__).inc()
-                raise
-            finally:
-                duration.observe(perf_counter() - start)
+            return timed(super().execute, *args, **kwargs)
 
         def executemany(self, query: Any, params_seq: Any, *args: Any, **kwargs: Any) -> Any:
             params_seq = list(params_seq)
             executed.inc(len(params_seq))
             executed_many.inc(len(params_seq))
-            start = perf_counter()
-            try:
-                return super().executemany(query, params_seq, *args, **kwargs)
-            except BaseException as error:
-                errors_total.labels(alias, vendor, type(error).__name__).inc()
-                raise
-            finally:
-                duration.observe(perf_counter() - start)
+            return timed(super().executemany, query, params_seq, *args, **kwargs)
 
     return CountingCursor
 
