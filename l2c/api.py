@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 
-from l2c.db import instance_from_row, select_columns
+from l2c.db import execute, instance_from_row, select_columns
 from l2c.errors import DomainError
 
 
@@ -38,7 +38,8 @@ class TokenAuthentication(authentication.TokenAuthentication):
         token_model, user_model = self.get_model(), get_user_model()
         user_id = token_model._meta.get_field("user").column
         with connection.cursor() as cursor:
-            cursor.execute(
+            execute(
+                cursor,
                 f"SELECT {select_columns(token_model, 't')}, {select_columns(user_model, 'u')}"
                 f" FROM {token_model._meta.db_table} t JOIN {user_model._meta.db_table} u"
                 f" ON u.{user_model._meta.pk.column} = t.{user_id}"

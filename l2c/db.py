@@ -8,18 +8,22 @@ services; ``step_transaction`` marks the connection and ``savepoint``/``atomic``
 ``no_savepoints`` does the same for any block whose errors always leave it (order_submit).
 
 The hot paths also run some plain statements (``UPDATE ... RETURNING`` that moves and reads a
-row at once); the helpers at the end send their values and read their rows the way the ORM
-would.
+row at once); the helpers at the end prepare them once per connection, send their values and
+read their rows the way the ORM would.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import connection, models, transaction
+from django.db.backends.utils import CursorWrapper
 
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=models.Model)
@@ -137,6 +141,51 @@ def fetch_instances(model: type[M], sql: str, params: list[Any]) -> list[M]:
     moves and reads a row in one round trip) and build the instances like the ORM does,
     without ``RawQuerySet``'s per-query column mapping: the hot paths run these per step."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        execute(cursor, sql, params)
         rows = cursor.fetchall()
     return [instance_from_row(model, row) for row in rows]
+
+
+# --- Prepared statements ----------------------------------------------------------------------
+
+# The statements each connection has prepared, by the driver's connection object: a new
+# connection (after a restart, or a new one from the pool) has none, and a pooled one keeps
+# its own as long as it lives.
+_prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+@functools.cache
+def _prepared_form(sql: str) -> tuple[str, str, str]:
+    """The name, ``PREPARE`` and ``EXECUTE`` statements of one ``%s``-style statement."""
+    name = "l2c_" + hashlib.sha1(sql.encode(), usedforsecurity=False).hexdigest()[:16]
+    parts = sql.replace("%%", "\0").split("%s")
+    body = "".join(
+        part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, start=1)
+    ).replace("\0", "%")
+    count = len(parts) - 1
+    arguments = f"({', '.join(['%s'] * count)})" if count else ""
+    return name, f"PREPARE {name} AS {body}", f"EXECUTE {name}{arguments}"
+
+
+def execute(cursor: CursorWrapper, sql: str, params: Sequence[Any]) -> None:
+    """Run one of the hot paths' plain statements, on PostgreSQL prepared once per connection.
+
+    These statements are planned each time otherwise (Django's driver binds values on the
+    client and never prepares), and for a multi-table CTE or an update checked against the
+    saga table's partial indexes the plan costs the server as much as the run. ``PREPARE``
+    and ``EXECUTE`` are plain SQL, so values are still bound the ORM's way. A prepared
+    statement outlives a rolled-back transaction; a proxy that pools transactions rather
+    than sessions does not keep it: set ``DATABASE_PREPARED_STATEMENTS=false`` there.
+    """
+    db = cursor.db
+    if db.vendor != "postgresql" or not getattr(settings, "L2C_PREPARED_STATEMENTS", True):
+        cursor.execute(sql, params)
+        return
+    name, prepare, run = _prepared_form(sql)
+    names = _prepared.get(db.connection)
+    if names is None:
+        names = _prepared[db.connection] = set()
+    if name not in names:
+        cursor.execute(prepare)
+        names.add(name)
+    cursor.execute(run, params)

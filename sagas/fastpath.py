@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 
-from l2c.db import fetch_instances, returning
+from l2c.db import execute, fetch_instances, returning
 from sagas.models import SagaEvent, SagaInstance, SagaStep
 
 _STEP_COLUMNS = (
@@ -122,7 +122,7 @@ def step_insert_completed(
     for event in events:
         params.extend(_event_params(saga_id, event))
     with connection.cursor() as cursor:
-        cursor.execute(_step_sql(len(events), tuple(finish or ())), params)
+        execute(cursor, _step_sql(len(events), tuple(finish or ())), params)
         pk, done = cursor.fetchone()
         return pk, done
 
@@ -152,7 +152,7 @@ def saga_finish(
     )
     params = [*fields.values(), saga_id, owner, *event_params]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        execute(cursor, sql, params)
         return cursor.rowcount > 0
 
 
@@ -208,7 +208,7 @@ def saga_insert(*, instance: SagaInstance, event: Event) -> bool:
         *_event_params(None, event)[1:],
     ]
     with connection.cursor() as cursor:
-        cursor.execute(_saga_insert_sql(), params)
+        execute(cursor, _saga_insert_sql(), params)
         return cursor.rowcount == 1
 
 
@@ -295,7 +295,7 @@ def step_insert_executing(
     ]
     params.extend(_event_params(saga_id, event)[1:])
     with connection.cursor() as cursor:
-        cursor.execute(_executing_sql(), params)
+        execute(cursor, _executing_sql(), params)
         pk, owned = cursor.fetchone()
     return pk if owned else None
 
@@ -330,5 +330,5 @@ def step_update_completed(
     params = [attempts, _dumps(output), started_at, finished_at, duration_ms, pk]
     params.extend(_event_params(None, event)[1:])
     with connection.cursor() as cursor:
-        cursor.execute(_complete_existing_sql(), params)
+        execute(cursor, _complete_existing_sql(), params)
         return cursor.fetchone()[0] > 0

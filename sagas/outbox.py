@@ -35,7 +35,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from l2c.db import db_value, fetch_instances, returning, savepoint
+from l2c.db import db_value, execute, fetch_instances, returning, savepoint
 from sagas.models import OutboxMessage, ProcessedMessage, WebhookSubscription
 from sagas.testing import fault_point
 from sagas.webhooks import webhook_consumer_name, webhook_deliver_once, webhook_subscriptions_for
@@ -268,7 +268,8 @@ def _processed_insert(consumer_name: str, message_id: Any) -> bool:
         db_value(ProcessedMessage, "processed_at", timezone.now()),
     ]
     with connection.cursor() as cursor:
-        cursor.execute(
+        execute(
+            cursor,
             f"INSERT INTO {ProcessedMessage._meta.db_table} (consumer, message_id, processed_at)"
             " VALUES (%s, %s, %s) ON CONFLICT (consumer, message_id) DO NOTHING",
             params,
@@ -420,7 +421,8 @@ def _finish(message: OutboxMessage, token: datetime, **fields: Any) -> bool:
         db_value(OutboxMessage, "next_attempt_at", token),
     ]
     with connection.cursor() as cursor:
-        cursor.execute(
+        execute(
+            cursor,
             f"UPDATE {meta.db_table} SET {assignments}"
             f" WHERE id = %s AND status = '{Status.PENDING}' AND next_attempt_at = %s",
             params,

@@ -121,6 +121,9 @@ if DATABASE_URL:
             "CONN_HEALTH_CHECKS": True,
         }
     }
+    # The engine's and the order flow's hot statements are prepared once per connection
+    # (l2c.db.execute); off behind a proxy that pools transactions rather than sessions.
+    L2C_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 else:
     # SQLite cannot create the folder of its file; making it here saves a confusing
     # "unable to open database file" on a fresh checkout.
