@@ -19,7 +19,8 @@ def ensure_domain_schedules(sender: Any = None, **kwargs: Any) -> None:
                 "func": "orders.tasks.purge_idempotency_records",
                 "minutes": 60,
             },
-        ]
+        ],
+        using=kwargs.get("using", "default"),
     )
 
 

@@ -136,9 +136,17 @@ class SagaStep(models.Model):
         EMPTY = "EMPTY"
         FAILED = "FAILED"
 
-    # No index of its own: the unique (saga, name) constraint serves lookups by saga.
+    # No index of its own: the unique (saga, name) constraint serves lookups by saga. No
+    # database-level constraint either: only the engine writes step rows, for a saga whose
+    # lease it holds, and the constraint's check at each step's commit locked the saga row
+    # (FOR KEY SHARE, a write of its own) once per step and event. A deletion still
+    # cascades through the ORM.
     saga = models.ForeignKey(
-        SagaInstance, on_delete=models.CASCADE, related_name="steps", db_index=False
+        SagaInstance,
+        on_delete=models.CASCADE,
+        related_name="steps",
+        db_index=False,
+        db_constraint=False,
     )
     name = models.CharField(max_length=100)
     index = models.PositiveSmallIntegerField()
@@ -192,9 +200,14 @@ class SagaEvent(models.Model):
         RECOVERED = "recovered"
         OPERATOR = "operator_action"
 
-    # No index of its own: saga_event_history_idx (saga, id) serves lookups by saga.
+    # No index of its own: saga_event_history_idx (saga, id) serves lookups by saga. No
+    # database-level constraint, for the reasons given at SagaStep.saga.
     saga = models.ForeignKey(
-        SagaInstance, on_delete=models.CASCADE, related_name="events", db_index=False
+        SagaInstance,
+        on_delete=models.CASCADE,
+        related_name="events",
+        db_index=False,
+        db_constraint=False,
     )
     kind = models.CharField(max_length=32, choices=Kind.choices)
     step = models.CharField(max_length=100, blank=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.db import DEFAULT_DB_ALIAS, connections
+
 from sagas.conf import saga_setting
 
 
@@ -46,14 +48,20 @@ def engine_schedules() -> list[dict[str, Any]]:
     ]
 
 
-def schedules_ensure(specs: list[dict[str, Any]]) -> None:
-    """Create or update the MINUTES schedules named in ``specs`` (idempotent by name)."""
+def schedules_ensure(specs: list[dict[str, Any]], using: str = DEFAULT_DB_ALIAS) -> None:
+    """Create or update the MINUTES schedules named in ``specs`` (idempotent by name).
+
+    Nothing when django-q2's tables are not there yet (``migrate`` of one app on a new
+    database): the migrate that creates them runs this again."""
     from django_q.models import Schedule
 
+    if Schedule._meta.db_table not in connections[using].introspection.table_names():
+        return
+    schedules = Schedule.objects.using(using)
     for spec in specs:
-        existing = Schedule.objects.filter(name=spec["name"]).first()
+        existing = schedules.filter(name=spec["name"]).first()
         if existing is None:
-            Schedule.objects.create(
+            schedules.create(
                 name=spec["name"],
                 func=spec["func"],
                 schedule_type=Schedule.MINUTES,
@@ -61,10 +69,10 @@ def schedules_ensure(specs: list[dict[str, Any]]) -> None:
                 repeats=-1,
             )
         elif existing.func != spec["func"] or existing.minutes != spec["minutes"]:
-            Schedule.objects.filter(pk=existing.pk).update(
+            schedules.filter(pk=existing.pk).update(
                 func=spec["func"], minutes=spec["minutes"], schedule_type=Schedule.MINUTES
             )
 
 
 def ensure_engine_schedules(sender: Any = None, **kwargs: Any) -> None:
-    schedules_ensure(engine_schedules())
+    schedules_ensure(engine_schedules(), using=kwargs.get("using", DEFAULT_DB_ALIAS))

@@ -39,6 +39,20 @@ def test_a_five_step_saga_completes_with_each_step_done_once():
 
 
 @pytest.mark.django_db
+def test_deleting_a_saga_deletes_its_steps_and_history():
+    # Steps and events have no database-level constraint to the saga: the ORM cascades.
+    saga = run(start("test.five_steps"))
+    other = run(start("test.five_steps"))
+
+    saga.delete()
+
+    assert not SagaStep.objects.filter(saga_id=saga.pk).exists()
+    assert not SagaEvent.objects.filter(saga_id=saga.pk).exists()
+    assert SagaStep.objects.filter(saga=other).count() == 5
+    assert SagaEvent.objects.filter(saga=other).exists()
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 def test_a_business_error_at_step_k_compensates_the_earlier_steps_in_reverse(k):
     failing = f"s{k}"
