@@ -8,9 +8,11 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
+from l2c.api import UserThrottle
 from orders.models import IdempotencyRecord, Order
 from sagas.models import SagaInstance
 from tests.api.conftest import ORDERS_URL
+from tests.concurrency import run_concurrently
 
 
 @pytest.fixture
@@ -56,6 +58,38 @@ def test_requests_past_the_user_rate_get_429(user_client, order_body, throttle_r
 
     assert [a.status_code for a in answers] == [202, 202, 202, 429]
     assert Order.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requests_are_each_counted(api_user, throttle_rates):
+    from tests.api.conftest import token_client
+
+    throttle_rates(user="10/min")
+    clients = [token_client(api_user) for _ in range(20)]
+
+    answers = run_concurrently(lambda i: clients[i].get("/api/products/").status_code, 20)
+
+    assert sorted(answers) == [200] * 10 + [429] * 10
+
+
+@pytest.mark.django_db
+def test_the_budget_slides_with_time_and_refused_requests_do_not_use_it(
+    user_client, throttle_rates, monkeypatch
+):
+    throttle_rates(user="2/min")
+    clock = [6_000_000.0]  # the start of a minute
+    monkeypatch.setattr(UserThrottle, "timer", staticmethod(lambda: clock[0]))
+
+    def get() -> int:
+        return user_client.get("/api/products/").status_code
+
+    assert [get(), get(), get(), get()] == [200, 200, 429, 429]
+    # Half of the last 60 s lie in the previous minute: its 2 requests count as 1 (had the
+    # 2 refused ones counted too, as 2, and this one would be refused).
+    clock[0] += 90
+    assert [get(), get()] == [200, 429]
+    clock[0] += 120  # after a quiet minute, the whole budget
+    assert [get(), get(), get()] == [200, 200, 429]
 
 
 @pytest.mark.django_db
