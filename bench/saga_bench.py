@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workers",
         type=int,
         default=4,
-        help="W: without --layouts, try 1x(W/2), 1xW, 2x(W/2) and 1x(2W) (default 4)",
+        help="W: without --layouts, try 1x(W/2), 1x(W/2+1), 1xW and 2x(W/2) (default 4)",
     )
     ap.add_argument("--layouts", help='cluster x worker layouts, e.g. "1x4,2x2,1x8"')
     ap.add_argument(
@@ -167,8 +167,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     else:
         w = args.workers
         # 1x(W/2) is the product's own default (Q_WORKERS=2 for W=4): on 2 cores fewer
-        # worker processes switch less, and it often wins.
-        layouts = [(1, max(1, w // 2)), (1, w), (2, max(1, w // 2)), (1, 2 * w)]
+        # worker processes switch less. One more worker than that fills the moments when
+        # both wait on the database, and often wins; 1x(2W) never did and is left out.
+        half = max(1, w // 2)
+        layouts = [(1, half), (1, half + 1), (1, w), (2, half)]
         args.layout_list = list(dict.fromkeys(layouts))
     return args
 
@@ -1019,6 +1021,15 @@ def classify(sql: str, params: Any = ()) -> str:
     values = {str(v) for v in params} if isinstance(params, list | tuple) else set()
     upper = text.upper()
     head = upper.split(None, 1)[0]
+    if head == "EXECUTE":
+        # A prepared statement (l2c.db.execute): classify what it stands for.
+        from l2c.db import prepared_sql
+
+        name = text.split(None, 2)[1].split("(", 1)[0]
+        original = prepared_sql(name)
+        return classify(original) if original else "EXECUTE ?"
+    if head == "PREPARE":
+        return "PREPARE (once per connection)"
     for prefix in ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT", "SELECT 1"):
         if upper.startswith(prefix) and (prefix != "SELECT 1" or upper.strip() == "SELECT 1"):
             return prefix

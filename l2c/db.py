@@ -154,10 +154,20 @@ def fetch_instances(model: type[M], sql: str, params: list[Any]) -> list[M]:
 _prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
+# Name -> statement, for whoever reads a log or a profile of EXECUTEs.
+_statements: dict[str, str] = {}
+
+
+def prepared_sql(name: str) -> str | None:
+    """The statement a prepared statement's name stands for (once this process made it)."""
+    return _statements.get(name)
+
+
 @functools.cache
 def _prepared_form(sql: str) -> tuple[str, str, str]:
     """The name, ``PREPARE`` and ``EXECUTE`` statements of one ``%s``-style statement."""
     name = "l2c_" + hashlib.sha1(sql.encode(), usedforsecurity=False).hexdigest()[:16]
+    _statements[name] = sql
     parts = sql.replace("%%", "\0").split("%s")
     body = "".join(
         part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, start=1)

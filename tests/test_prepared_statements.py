@@ -39,6 +39,7 @@ def test_the_prepared_form_numbers_the_placeholders_and_keeps_literal_percents()
         f"PREPARE {name} AS SELECT $1::integer + 1, $2::text || '%', $3::timestamptz IS NULL"
     )
     assert run == f"EXECUTE {name}(%s, %s, %s)"
+    assert db.prepared_sql(name) == SQL  # what a log's EXECUTE stands for
     assert db._prepared_form("SELECT 1")[2] == f"EXECUTE {db._prepared_form('SELECT 1')[0]}"
 
 
