@@ -53,12 +53,12 @@ class CircuitBreaker:
 
     def _bump(self, kind: str, now: float) -> None:
         key = f"{self.prefix}:{kind}:{int(now // BUCKET_SECONDS)}"
-        ttl = int(_setting("WINDOW_SECONDS")) + BUCKET_SECONDS
-        cache.add(key, 0, ttl)
+        # Incrementing first: one round trip per call, except for a bucket's first call.
         try:
             cache.incr(key)
-        except ValueError:  # expired between add and incr: start the bucket again
-            cache.add(key, 1, ttl)
+        except ValueError:  # a new bucket; another process may be creating it too
+            if not cache.add(key, 1, int(_setting("WINDOW_SECONDS")) + BUCKET_SECONDS):
+                cache.incr(key)
 
     def _counts(self, now: float) -> tuple[int, int]:
         keys = {
