@@ -185,7 +185,10 @@ def execute(cursor: CursorWrapper, sql: str, params: Sequence[Any]) -> None:
     saga table's partial indexes the plan costs the server as much as the run. ``PREPARE``
     and ``EXECUTE`` are plain SQL, so values are still bound the ORM's way. A prepared
     statement outlives a rolled-back transaction; a proxy that pools transactions rather
-    than sessions does not keep it: set ``DATABASE_PREPARED_STATEMENTS=false`` there.
+    than sessions does not keep it: set ``DATABASE_PREPARED_STATEMENTS=false`` there. The
+    server re-plans one after a migration by itself, except that a statement whose result
+    columns changed type is refused until its connection closes: restart the processes after
+    such a migration, as a deployment does anyway.
     """
     db = cursor.db
     if db.vendor != "postgresql" or not getattr(settings, "L2C_PREPARED_STATEMENTS", True):
