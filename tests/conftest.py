@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -37,3 +39,14 @@ def _clear_cache():
 
     cache.clear()
     yield
+
+
+@pytest.fixture
+def own_connection() -> Iterator[Any]:
+    """A database connection of its own: closing or ending it leaves the test's alone."""
+    from django.db import connections
+
+    wrapper = connections.create_connection("default")
+    wrapper.ensure_connection()
+    yield wrapper
+    wrapper.close()

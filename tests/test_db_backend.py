@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.db import connections
@@ -14,12 +14,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def victim() -> Iterator[object]:
-    """A connection of its own, so ending it leaves the test's connection alone."""
-    wrapper = connections.create_connection("default")
-    wrapper.ensure_connection()
-    yield wrapper
-    wrapper.close()
+def victim(own_connection: Any) -> Any:
+    """The connection the server ends or notifies."""
+    return own_connection
 
 
 def _run(sql: str, params: list[object] | None = None) -> None:

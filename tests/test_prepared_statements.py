@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from l2c import db
@@ -17,12 +17,9 @@ SQL = "SELECT %s::integer + 1, %s::text || '%%', %s::timestamptz IS NULL"
 
 
 @pytest.fixture
-def wrapper() -> Iterator[object]:
-    """A connection of its own: what it prepared is gone when it closes."""
-    own = connections.create_connection("default")
-    own.ensure_connection()
-    yield own
-    own.close()
+def wrapper(own_connection: Any) -> Any:
+    """What this connection prepared is gone when it closes."""
+    return own_connection
 
 
 def _run(wrapper, sql: str = SQL, params: tuple[object, ...] = (41, "a'b", None)):
