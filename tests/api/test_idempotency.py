@@ -225,7 +225,14 @@ def test_the_second_request_gets_409_while_the_first_is_still_running(api_user, 
     finally:
         set_faults(None)
 
-    assert second.status_code == 409
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        # One writer at a time: the second request's claim waits for the first request to
+        # finish, then finds its answer and replays it.
+        assert (second.status_code, second.content) == (202, answers["first"].content)
+    else:
+        assert second.status_code == 409
     assert answers["first"].status_code == 202
     assert Order.objects.count() == 1
     assert SagaInstance.objects.count() == 1

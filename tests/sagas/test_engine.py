@@ -164,6 +164,10 @@ def test_the_history_reads_as_the_story_of_the_saga():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_runner_that_lost_its_lease_during_the_last_step_rolls_that_step_back():
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        pytest.skip("the takeover writes from another connection: SQLite's one writer waits")
     saga = start("test.five_steps", lose_lease="s5")
 
     assert saga_run(saga.pk) is None  # the finishing write found another owner
