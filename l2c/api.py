@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 
+from l2c.counters import counter_incr
 from l2c.db import execute, instance_from_row, select_columns
 from l2c.errors import DomainError
 
@@ -173,7 +174,7 @@ class _WindowCounter:
         self.now = self.timer()
         window, elapsed = divmod(self.now, self.duration)
         current = f"{self.key}:{int(window)}"
-        count = self._increment(current)
+        count = counter_incr(self.cache, current, self.duration * 2)
         earlier = self.cache.get(f"{self.key}:{int(window) - 1}", 0)
         if count + earlier * (1 - elapsed / self.duration) <= self.num_requests:
             return True
@@ -183,13 +184,6 @@ class _WindowCounter:
             self.cache.decr(current)
         self.retry_after = self.duration - elapsed
         return False
-
-    def _increment(self, key: str) -> int:
-        try:
-            return self.cache.incr(key)
-        except ValueError:  # the first request of this window
-            self.cache.add(key, 0, self.duration * 2)
-            return self.cache.incr(key)
 
     def wait(self) -> float | None:
         """Seconds until the current window ends (the estimate may allow a request sooner)."""

@@ -19,6 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 
+from l2c.counters import counter_incr
 from payments.exceptions import GatewayUnavailable
 
 BUCKET_SECONDS = 10
@@ -53,12 +54,7 @@ class CircuitBreaker:
 
     def _bump(self, kind: str, now: float) -> None:
         key = f"{self.prefix}:{kind}:{int(now // BUCKET_SECONDS)}"
-        # Incrementing first: one round trip per call, except for a bucket's first call.
-        try:
-            cache.incr(key)
-        except ValueError:  # a new bucket; another process may be creating it too
-            if not cache.add(key, 1, int(_setting("WINDOW_SECONDS")) + BUCKET_SECONDS):
-                cache.incr(key)
+        counter_incr(cache, key, int(_setting("WINDOW_SECONDS")) + BUCKET_SECONDS)
 
     def _counts(self, now: float) -> tuple[int, int]:
         keys = {
