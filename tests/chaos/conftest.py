@@ -8,7 +8,8 @@ from tests.workers import QCluster
 @pytest.fixture
 def qcluster(transactional_db, tmp_path):
     """A real qcluster against the test database, with short leases so a dead worker's saga
-    can be recovered within the test."""
+    can be recovered within the test, and a short outbox claim so a message a killed relay
+    had claimed is published again within it."""
     cluster = QCluster(
         tmp_path,
         SAGA_LEASE_SECONDS="2",
@@ -16,6 +17,7 @@ def qcluster(transactional_db, tmp_path):
         SAGA_RECOVERY_INTERVAL_SECONDS="1",
         SAGA_STALE_AFTER_SECONDS="3",
         SAGA_TIMEOUT_CHECK_INTERVAL_SECONDS="1",
+        OUTBOX_CLAIM_SECONDS="5",
         PAYMENT_GATEWAY_TIMEOUT="3",
         Q_WORKERS="2",
     )
