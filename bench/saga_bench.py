@@ -1021,15 +1021,6 @@ def classify(sql: str, params: Any = ()) -> str:
     values = {str(v) for v in params} if isinstance(params, list | tuple) else set()
     upper = text.upper()
     head = upper.split(None, 1)[0]
-    if head == "EXECUTE":
-        # A prepared statement (l2c.db.execute): classify what it stands for.
-        from l2c.db import prepared_sql
-
-        name = text.split(None, 2)[1].split("(", 1)[0]
-        original = prepared_sql(name)
-        return classify(original) if original else "EXECUTE ?"
-    if head == "PREPARE":
-        return "PREPARE (once per connection)"
     for prefix in ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT", "SELECT 1"):
         if upper.startswith(prefix) and (prefix != "SELECT 1" or upper.strip() == "SELECT 1"):
             return prefix

@@ -35,19 +35,16 @@ class TokenAuthentication(authentication.TokenAuthentication):
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Any]:
         from django.contrib.auth import get_user_model
-        from django.db import connection
 
         token_model, user_model = self.get_model(), get_user_model()
         user_id = token_model._meta.get_field("user").column
-        with connection.cursor() as cursor:
-            execute(
-                cursor,
-                f"SELECT {select_columns(token_model, 't')}, {select_columns(user_model, 'u')}"
-                f" FROM {token_model._meta.db_table} t JOIN {user_model._meta.db_table} u"
-                f" ON u.{user_model._meta.pk.column} = t.{user_id}"
-                f" WHERE t.{token_model._meta.pk.column} = %s",
-                [key],
-            )
+        with execute(
+            f"SELECT {select_columns(token_model, 't')}, {select_columns(user_model, 'u')}"
+            f" FROM {token_model._meta.db_table} t JOIN {user_model._meta.db_table} u"
+            f" ON u.{user_model._meta.pk.column} = t.{user_id}"
+            f" WHERE t.{token_model._meta.pk.column} = %s",
+            [key],
+        ) as cursor:
             row = cursor.fetchone()
         if row is None:
             raise exceptions.AuthenticationFailed(_("Invalid token."))

@@ -8,7 +8,7 @@ services; ``step_transaction`` marks the connection and ``savepoint``/``atomic``
 ``no_savepoints`` does the same for any block whose errors always leave it (order_submit).
 
 The hot paths also run some plain statements (``UPDATE ... RETURNING`` that moves and reads a
-row at once); the helpers at the end prepare them once per connection, send their values and
+row at once); the helpers at the end run them prepared, straight through the driver, and
 read their rows the way the ORM would.
 """
 
@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import weakref
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import psycopg
 from django.conf import settings
-from django.db import connection, models, transaction
-from django.db.backends.utils import CursorWrapper
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=models.Model)
@@ -140,65 +139,91 @@ def fetch_instances(model: type[M], sql: str, params: list[Any]) -> list[M]:
     """Run a statement that ends with ``returning(model)`` (an ``UPDATE ... RETURNING`` that
     moves and reads a row in one round trip) and build the instances like the ORM does,
     without ``RawQuerySet``'s per-query column mapping: the hot paths run these per step."""
-    with connection.cursor() as cursor:
-        execute(cursor, sql, params)
+    with execute(sql, params) as cursor:
         rows = cursor.fetchall()
     return [instance_from_row(model, row) for row in rows]
 
 
 # --- Prepared statements ----------------------------------------------------------------------
 
-# The statements each connection has prepared, by the driver's connection object: a new
-# connection (after a restart, or a new one from the pool) has none, and a pooled one keeps
-# its own as long as it lives.
-_prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
+class StatementCursor(psycopg.Cursor):
+    """A psycopg cursor that binds values on the server and prepares its statements once per
+    connection (``DATABASE_PREPARED_STATEMENTS``, on by default).
 
-# Name -> statement, for whoever reads a log or a profile of EXECUTEs.
-_statements: dict[str, str] = {}
-
-
-def prepared_sql(name: str) -> str | None:
-    """The statement a prepared statement's name stands for (once this process made it)."""
-    return _statements.get(name)
-
-
-@functools.cache
-def _prepared_form(sql: str) -> tuple[str, str, str]:
-    """The name, ``PREPARE`` and ``EXECUTE`` statements of one ``%s``-style statement."""
-    name = "l2c_" + hashlib.sha1(sql.encode(), usedforsecurity=False).hexdigest()[:16]
-    _statements[name] = sql
-    parts = sql.replace("%%", "\0").split("%s")
-    body = "".join(
-        part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, start=1)
-    ).replace("\0", "%")
-    count = len(parts) - 1
-    arguments = f"({', '.join(['%s'] * count)})" if count else ""
-    return name, f"PREPARE {name} AS {body}", f"EXECUTE {name}{arguments}"
-
-
-def execute(cursor: CursorWrapper, sql: str, params: Sequence[Any]) -> None:
-    """Run one of the hot paths' plain statements, on PostgreSQL prepared once per connection.
-
-    These statements are planned each time otherwise (Django's driver binds values on the
-    client and never prepares), and for a multi-table CTE or an update checked against the
-    saga table's partial indexes the plan costs the server as much as the run. ``PREPARE``
-    and ``EXECUTE`` are plain SQL, so values are still bound the ORM's way. A prepared
-    statement outlives a rolled-back transaction; a proxy that pools transactions rather
-    than sessions does not keep it: set ``DATABASE_PREPARED_STATEMENTS=false`` there. The
-    server re-plans one after a migration by itself, except that a statement whose result
-    columns changed type is refused until its connection closes: restart the processes after
-    such a migration, as a deployment does anyway.
+    Django turns psycopg's prepared statements off for the whole connection (the connection
+    poolers' sake) and binds values in Python; this cursor asks for preparation one
+    statement at a time, so the ORM's own statements are left as they are.
     """
-    db = cursor.db
-    if db.vendor != "postgresql" or not getattr(settings, "L2C_PREPARED_STATEMENTS", True):
+
+    def execute(  # type: ignore[override]
+        self, query: Any, params: Any = None, *, prepare: bool | None = None, **kwargs: Any
+    ) -> Any:
+        if not getattr(settings, "L2C_PREPARED_STATEMENTS", True):
+            return super().execute(query, params, prepare=False, **kwargs)
+        raw = self.connection
+        if raw.prepare_threshold is not None:
+            return super().execute(query, params, prepare=True, **kwargs)
+        # psycopg prepares only while the connection allows it: allow it for this call.
+        raw.prepare_threshold = _ONLY_WHEN_ASKED
+        try:
+            return super().execute(query, params, prepare=True, **kwargs)
+        finally:
+            raw.prepare_threshold = None
+
+
+# Never reached by counting: a statement is prepared because it asks to be.
+_ONLY_WHEN_ASKED = 1 << 62
+
+
+def _statement_cursor(db: Any) -> Any:
+    # The project's backend counts these statements in its metrics like the ORM's.
+    factory = getattr(db, "statement_cursor_class", StatementCursor)
+    return factory(db.connection)
+
+
+def execute(sql: str, params: Sequence[Any], *, db: Any = None) -> Any:
+    """Run one of the hot paths' plain statements and return the cursor to read it from
+    (use it in a ``with`` block).
+
+    On PostgreSQL the statement goes straight to the driver: values bound on the server
+    and the statement prepared once per connection (planning a multi-table CTE or an update
+    checked against the saga table's partial indexes costs the server as much as running
+    it), without the cost of Django's cursor (a hot path runs several per saga). Errors are
+    Django's, a broken transaction is refused, and captured queries and execute wrappers
+    still see the statement. A proxy that pools transactions rather than sessions does not
+    keep prepared statements: set ``DATABASE_PREPARED_STATEMENTS=false`` there. Other
+    databases run it through Django's cursor. ``db``: a connection other than the default.
+    """
+    if db is None:
+        db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor != "postgresql":
+        cursor = db.cursor()
         cursor.execute(sql, params)
-        return
-    name, prepare, run = _prepared_form(sql)
-    names = _prepared.get(db.connection)
-    if names is None:
-        names = _prepared[db.connection] = set()
-    if name not in names:
-        cursor.execute(prepare)
-        names.add(name)
-    cursor.execute(run, params)
+        return cursor
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    cursor = _statement_cursor(db)
+    if db.queries_logged or db.execute_wrappers:
+        return _execute_observed(db, cursor, sql, params)
+    db.validate_no_broken_transaction()
+    with db.wrap_database_errors:
+        cursor.execute(sql, params)
+    return cursor
+
+
+def _execute_observed(db: Any, cursor: Any, sql: str, params: Sequence[Any]) -> Any:
+    """Through Django's cursor wrapper, which calls the execute wrappers, and into the
+    captured queries (with the values in, as Django shows its own statements)."""
+    wrapped = db.make_cursor(cursor)
+    if not db.queries_logged:
+        wrapped.execute(sql, params)
+        return wrapped
+    start = time.monotonic()
+    try:
+        wrapped.execute(sql, params)
+    finally:
+        db.queries_log.append(
+            {"sql": db.ops.compose_sql(sql, params), "time": f"{time.monotonic() - start:.3f}"}
+        )
+    return wrapped

@@ -121,8 +121,7 @@ def step_insert_completed(
         params.append(owner)
     for event in events:
         params.extend(_event_params(saga_id, event))
-    with connection.cursor() as cursor:
-        execute(cursor, _step_sql(len(events), tuple(finish or ())), params)
+    with execute(_step_sql(len(events), tuple(finish or ())), params) as cursor:
         pk, done = cursor.fetchone()
         return pk, done
 
@@ -151,8 +150,7 @@ def saga_finish(
         f" SELECT * FROM ({selects}) AS ev WHERE EXISTS (SELECT 1 FROM u)"
     )
     params = [*fields.values(), saga_id, owner, *event_params]
-    with connection.cursor() as cursor:
-        execute(cursor, sql, params)
+    with execute(sql, params) as cursor:
         return cursor.rowcount > 0
 
 
@@ -207,8 +205,7 @@ def saga_insert(*, instance: SagaInstance, event: Event) -> bool:
         instance.updated_at,
         *_event_params(None, event)[1:],
     ]
-    with connection.cursor() as cursor:
-        execute(cursor, _saga_insert_sql(), params)
+    with execute(_saga_insert_sql(), params) as cursor:
         return cursor.rowcount == 1
 
 
@@ -294,8 +291,7 @@ def step_insert_executing(
         started_at,
     ]
     params.extend(_event_params(saga_id, event)[1:])
-    with connection.cursor() as cursor:
-        execute(cursor, _executing_sql(), params)
+    with execute(_executing_sql(), params) as cursor:
         pk, owned = cursor.fetchone()
     return pk if owned else None
 
@@ -329,6 +325,5 @@ def step_update_completed(
     compensated or completed meanwhile: nothing is written."""
     params = [attempts, _dumps(output), started_at, finished_at, duration_ms, pk]
     params.extend(_event_params(None, event)[1:])
-    with connection.cursor() as cursor:
-        execute(cursor, _complete_existing_sql(), params)
+    with execute(_complete_existing_sql(), params) as cursor:
         return cursor.fetchone()[0] > 0

@@ -267,13 +267,11 @@ def _processed_insert(consumer_name: str, message_id: Any) -> bool:
         db_value(ProcessedMessage, "message_id", message_id),
         db_value(ProcessedMessage, "processed_at", timezone.now()),
     ]
-    with connection.cursor() as cursor:
-        execute(
-            cursor,
-            f"INSERT INTO {ProcessedMessage._meta.db_table} (consumer, message_id, processed_at)"
-            " VALUES (%s, %s, %s) ON CONFLICT (consumer, message_id) DO NOTHING",
-            params,
-        )
+    with execute(
+        f"INSERT INTO {ProcessedMessage._meta.db_table} (consumer, message_id, processed_at)"
+        " VALUES (%s, %s, %s) ON CONFLICT (consumer, message_id) DO NOTHING",
+        params,
+    ) as cursor:
         return cursor.rowcount == 1
 
 
@@ -420,13 +418,11 @@ def _finish(message: OutboxMessage, token: datetime, **fields: Any) -> bool:
         db_value(OutboxMessage, "id", message.pk),
         db_value(OutboxMessage, "next_attempt_at", token),
     ]
-    with connection.cursor() as cursor:
-        execute(
-            cursor,
-            f"UPDATE {meta.db_table} SET {assignments}"
-            f" WHERE id = %s AND status = '{Status.PENDING}' AND next_attempt_at = %s",
-            params,
-        )
+    with execute(
+        f"UPDATE {meta.db_table} SET {assignments}"
+        f" WHERE id = %s AND status = '{Status.PENDING}' AND next_attempt_at = %s",
+        params,
+    ) as cursor:
         written = cursor.rowcount
     if not written:
         # The claim expired and another relay took the message over; its outcome counts.

@@ -170,7 +170,8 @@ else:
 Q_CLUSTER = {
     "name": env_str("Q_CLUSTER_NAME", "l2c"),
     "workers": env_int("Q_WORKERS", 2),
-    "recycle": 500,
+    # Tasks a worker runs before it is replaced by a fresh process (bounds memory growth).
+    "recycle": env_int("Q_RECYCLE", 500),
     # A run_saga task runs a whole saga; delayed retries are scheduled, not slept, so the
     # longest task is bounded by the slowest step timeout plus the saga deadline margin.
     "timeout": env_int("Q_TIMEOUT", 300),
