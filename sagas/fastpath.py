@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 
-from l2c.db import execute, fetch_instances, returning
+from l2c.db import execute, execute_and_commit, fetch_instances, returning
 from sagas.models import SagaEvent, SagaInstance, SagaStep
 
 _STEP_COLUMNS = (
@@ -109,11 +109,13 @@ def step_insert_completed(
     events: Sequence[Event],
     finish: dict[str, Any] | None = None,
     owner: str = "",
+    commit: bool = False,
 ) -> tuple[int, bool]:
     """Insert a COMPLETED step row and its events in one statement; with ``finish``, also
     update the saga row with those fields, fenced on the lease ``owner``. Returns the row id
     and whether the saga row was updated (the caller rolls back when it was not).
-    A second completion of the same step raises IntegrityError (unique saga + name)."""
+    A second completion of the same step raises IntegrityError (unique saga + name).
+    ``commit``: the statement ends the step's transaction, so its COMMIT may go with it."""
     params = [saga_id, name, index, attempts, _dumps(output), started_at, finished_at, duration_ms]
     if finish:
         params.extend(finish.values())
@@ -121,7 +123,9 @@ def step_insert_completed(
         params.append(owner)
     for event in events:
         params.extend(_event_params(saga_id, event))
-    with execute(_step_sql(len(events), tuple(finish or ())), params) as cursor:
+    sql = _step_sql(len(events), tuple(finish or ()))
+    cursor = execute_and_commit(sql, params) if commit else None
+    with cursor or execute(sql, params) as cursor:
         pk, done = cursor.fetchone()
         return pk, done
 

@@ -129,3 +129,88 @@ def test_the_engine_runs_its_bookkeeping_prepared():
     assert any("INSERT INTO sagas_sagainstance" in sql for sql in prepared)
     assert any(sql.startswith("UPDATE sagas_sagainstance SET lease_owner") for sql in prepared)
     assert sum("INSERT INTO sagas_sagastep" in sql for sql in prepared) >= 2
+
+
+# --- A transaction's last statement and its COMMIT in one round trip ------------------------
+
+COMMITTED = "CREATE TABLE IF NOT EXISTS committed_once (id integer PRIMARY KEY)"
+
+
+@pytest.fixture
+def table(transactional_db, own_connection):
+    """A table, and another connection to see what is committed."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only")
+    with connection.cursor() as cursor:
+        cursor.execute(COMMITTED)
+    yield own_connection
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE committed_once")
+
+
+def _seen(other) -> list[int]:
+    with other.cursor() as cursor:
+        cursor.execute("SELECT id FROM committed_once ORDER BY id")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_the_last_statement_commits_the_outermost_block_with_it(table):
+    callbacks = []
+    with transaction.atomic():
+        transaction.on_commit(lambda: callbacks.append("after commit"))
+        db.execute("INSERT INTO committed_once (id) VALUES (%s)", [1]).close()
+        cursor = db.execute_and_commit(
+            "INSERT INTO committed_once (id) VALUES (%s) RETURNING id", [2]
+        )
+        assert cursor.fetchone() == (2,)
+        assert _seen(table) == [1, 2]  # committed before the block ends
+        assert callbacks == []  # the block's callbacks still wait for its end
+
+    assert callbacks == ["after commit"]
+    assert connection.get_autocommit()
+
+
+def test_a_failing_last_statement_commits_nothing(table):
+    db.execute("INSERT INTO committed_once (id) VALUES (%s)", [1]).close()
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        db.execute("INSERT INTO committed_once (id) VALUES (%s)", [2]).close()
+        db.execute_and_commit("INSERT INTO committed_once (id) VALUES (%s)", [1])
+
+    assert _seen(table) == [1]
+    assert db.execute("SELECT 1", []).fetchone() == (1,)  # the connection is usable
+
+
+@pytest.mark.parametrize("where", ["savepoint", "nested block", "no block"])
+def test_inside_a_callers_transaction_it_declines(table, where):
+    if where == "no block":
+        assert db.execute_and_commit("SELECT 1", []) is None
+        return
+    with transaction.atomic():
+        with transaction.atomic(savepoint=where == "savepoint"):
+            assert db.execute_and_commit("SELECT 1", []) is None
+        db.execute("INSERT INTO committed_once (id) VALUES (%s)", [1]).close()
+        assert _seen(table) == []
+
+
+def test_a_saga_commits_each_local_step_with_its_bookkeeping(table, monkeypatch):
+    from sagas import fastpath
+    from sagas.engine import saga_run, saga_start
+    from sagas.models import SagaStep
+
+    folded = []
+
+    def counted(sql, params):
+        cursor = db.execute_and_commit(sql, params)
+        folded.append(cursor is not None)
+        return cursor
+
+    monkeypatch.setattr(fastpath, "execute_and_commit", counted)
+    instance = saga_start("test.five_steps", data={}, enqueue=False)
+    saga_run(instance.pk)
+
+    instance.refresh_from_db()
+    assert instance.status == "COMPLETED"
+    assert SagaStep.objects.filter(saga=instance, status="COMPLETED").count() == 5
+    # Steps 1-4; the last one also finishes the saga, which is checked before its commit.
+    assert folded == [True] * 4
