@@ -617,7 +617,9 @@ class _Runner:
             if not step.remote and index + 1 == len(self.definition.steps):
                 finish = self._completed_fields(now)
             # The statement ends a local step's transaction unless the saga row must still
-            # be written in it: its COMMIT then goes out with it (one round trip less).
+            # be written in it: its COMMIT then goes out with it (one round trip less). For
+            # the last step that means the step stays committed when the lease turns out to
+            # be lost: its row fences it, and the lease's holder finishes the saga.
             renew = self._lease_short(index)
             pk, finished = fastpath.step_insert_completed(
                 saga_id=self.saga_id,
@@ -636,11 +638,11 @@ class _Runner:
                 else [event],
                 finish=finish,
                 owner=self.owner,
-                commit=not step.remote and finish is None and not renew,
+                commit=not step.remote and not renew,
             )
             if finish is not None:
                 if not finished:
-                    raise LeaseLost(str(self.saga_id))  # rolls the step back with it
+                    raise LeaseLost(str(self.saga_id))
                 self.released = self.finished = True
                 for name, value in finish.items():
                     setattr(self.instance, name, value)

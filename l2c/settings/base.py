@@ -186,6 +186,9 @@ Q_CLUSTER = {
 }
 if REDIS_URL:
     Q_CLUSTER["django_redis"] = "default"
+    # Pops up to this many waiting tasks per round trip to Redis (l2c.broker).
+    Q_CLUSTER["broker_class"] = "l2c.broker.RedisBroker"
+    Q_CLUSTER["bulk"] = env_int("Q_BULK", Q_CLUSTER["workers"])
 else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = 0.2
