@@ -227,36 +227,3 @@ def _execute_observed(db: Any, cursor: Any, sql: str, params: Sequence[Any]) -> 
             {"sql": db.ops.compose_sql(sql, params), "time": f"{time.monotonic() - start:.3f}"}
         )
     return wrapped
-
-
-def execute_and_commit(sql: str, params: Sequence[Any]) -> Any | None:
-    """Run the last statement of a transaction and its COMMIT in one round trip, and return
-    the cursor to read the statement from; None when that cannot be done here, and then the
-    caller runs ``execute`` and the transaction commits as usual.
-
-    A round trip costs more than most statements here, and each saga step is a transaction
-    of its own. The two go out together in psycopg's pipeline mode. Only on PostgreSQL, in
-    the outermost ``atomic`` block entered from autocommit (never in a caller's transaction
-    or a savepoint), and not while queries are captured. The block then ends with nothing
-    left to commit (psycopg skips the COMMIT of a connection with no open transaction) and
-    runs its on-commit callbacks as always. An error (a unique violation) leaves the
-    transaction failed and uncommitted, and the block rolls it back. Run nothing after it
-    in the block: that would be a transaction of its own.
-    """
-    db = connections[DEFAULT_DB_ALIAS]
-    if (
-        db.vendor != "postgresql"
-        or len(db.atomic_blocks) != 1
-        or db.savepoint_ids
-        or not db.commit_on_exit
-        or db.needs_rollback
-        or db.queries_logged
-        or db.execute_wrappers
-    ):
-        return None
-    raw = db.connection
-    cursor = _statement_cursor(db)
-    with db.wrap_database_errors, raw.pipeline():
-        cursor.execute(sql, params)
-        raw.commit()
-    return cursor
