@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import itertools
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-import psycopg
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 
@@ -145,55 +147,66 @@ def fetch_instances(model: type[M], sql: str, params: list[Any]) -> list[M]:
 
 
 # --- Prepared statements ----------------------------------------------------------------------
+#
+# The hot paths' statements are prepared with SQL ``PREPARE`` once per connection and run as
+# ``EXECUTE name(values)``, the values bound on the client as Django binds every ORM statement.
+# The driver never prepares anything itself (Django turns that off, and nothing here asks for
+# it), so it never answers a rollback with ``DEALLOCATE ALL``: a statement prepared here lives
+# as long as its session, rolled-back transactions included. The names a connection has
+# prepared are kept on the driver's connection object, so a new connection prepares again.
 
 
-class StatementCursor(psycopg.Cursor):
-    """A psycopg cursor that binds values on the server and prepares its statements once per
-    connection (``DATABASE_PREPARED_STATEMENTS``, on by default).
-
-    Django turns psycopg's prepared statements off for the whole connection (the connection
-    poolers' sake) and binds values in Python; this cursor asks for preparation one
-    statement at a time, so the ORM's own statements are left as they are.
-    """
-
-    def execute(  # type: ignore[override]
-        self, query: Any, params: Any = None, *, prepare: bool | None = None, **kwargs: Any
-    ) -> Any:
-        if not getattr(settings, "L2C_PREPARED_STATEMENTS", True):
-            return super().execute(query, params, prepare=False, **kwargs)
-        raw = self.connection
-        if raw.prepare_threshold is not None:
-            return super().execute(query, params, prepare=True, **kwargs)
-        # psycopg prepares only while the connection allows it: allow it for this call.
-        raw.prepare_threshold = _ONLY_WHEN_ASKED
-        try:
-            return super().execute(query, params, prepare=True, **kwargs)
-        finally:
-            raw.prepare_threshold = None
+def _prepared_names(raw: Any) -> dict[str, str]:
+    names = getattr(raw, "_l2c_prepared", None)
+    if names is None:
+        names = raw._l2c_prepared = {}
+    return names
 
 
-# Never reached by counting: a statement is prepared because it asks to be.
-_ONLY_WHEN_ASKED = 1 << 62
+@functools.cache
+def _statement_name(sql: str) -> str:
+    return f"l2c_{hashlib.sha1(sql.encode()).hexdigest()[:16]}"
 
 
-def _statement_cursor(db: Any) -> Any:
-    # The project's backend counts these statements in its metrics like the ORM's.
-    factory = getattr(db, "statement_cursor_class", StatementCursor)
-    return factory(db.connection)
+@functools.cache
+def _numbered(sql: str) -> str:
+    """The statement as PREPARE takes it: ``%s`` as ``$1``, ``$2``, ... and ``%%`` as ``%``."""
+    numbers = itertools.count(1)
+    return re.sub(r"%[s%]", lambda m: "%" if m[0] == "%%" else f"${next(numbers)}", sql)
+
+
+@functools.cache
+def _execute_sql(name: str, count: int, commit: bool = False) -> str:
+    values = f"({', '.join(['%s'] * count)})" if count else ""
+    return f"EXECUTE {name}{values}" + ("; COMMIT" if commit else "")
+
+
+def _prepared(db: Any, sql: str) -> str:
+    """The name ``sql`` is prepared under on ``db``'s connection, preparing it the first
+    time (in the current transaction, if any: PREPARE outlives its rollback)."""
+    raw = db.connection
+    names = _prepared_names(raw)
+    name = names.get(sql)
+    if name is None:
+        name = _statement_name(sql)
+        with db.wrap_database_errors:
+            raw.execute(f"PREPARE {name} AS {_numbered(sql)}")
+        names[sql] = name
+    return name
 
 
 def execute(sql: str, params: Sequence[Any], *, db: Any = None) -> Any:
     """Run one of the hot paths' plain statements and return the cursor to read it from
     (use it in a ``with`` block).
 
-    On PostgreSQL the statement goes straight to the driver: values bound on the server
-    and the statement prepared once per connection (planning a multi-table CTE or an update
-    checked against the saga table's partial indexes costs the server as much as running
-    it), without the cost of Django's cursor (a hot path runs several per saga). Errors are
-    Django's, a broken transaction is refused, and captured queries and execute wrappers
-    still see the statement. A proxy that pools transactions rather than sessions does not
-    keep prepared statements: set ``DATABASE_PREPARED_STATEMENTS=false`` there. Other
-    databases run it through Django's cursor. ``db``: a connection other than the default.
+    On PostgreSQL the statement goes straight to the driver, prepared once per connection
+    (planning a multi-table CTE or an update checked against the saga table's partial
+    indexes costs the server as much as running it), without the cost of Django's cursor (a
+    hot path runs several per saga). Errors are Django's, a broken transaction is refused,
+    and captured queries and execute wrappers see the statement itself (run unprepared). A
+    proxy that pools transactions rather than sessions does not keep prepared statements:
+    set ``DATABASE_PREPARED_STATEMENTS=false`` there. Other databases run it through Django's
+    cursor. ``db``: a connection other than the default.
     """
     if db is None:
         db = connections[DEFAULT_DB_ALIAS]
@@ -203,10 +216,13 @@ def execute(sql: str, params: Sequence[Any], *, db: Any = None) -> Any:
         return cursor
     db.close_if_health_check_failed()
     db.ensure_connection()
-    cursor = _statement_cursor(db)
+    # The connection's own cursor: it binds on the client and counts in the metrics.
+    cursor = db.connection.cursor()
     if db.queries_logged or db.execute_wrappers:
         return _execute_observed(db, cursor, sql, params)
     db.validate_no_broken_transaction()
+    if getattr(settings, "L2C_PREPARED_STATEMENTS", True):
+        sql = _execute_sql(_prepared(db, sql), len(params))
     with db.wrap_database_errors:
         cursor.execute(sql, params)
     return cursor
@@ -227,3 +243,41 @@ def _execute_observed(db: Any, cursor: Any, sql: str, params: Sequence[Any]) -> 
             {"sql": db.ops.compose_sql(sql, params), "time": f"{time.monotonic() - start:.3f}"}
         )
     return wrapped
+
+
+def execute_and_commit(sql: str, params: Sequence[Any]) -> Any | None:
+    """Run the last statement of a transaction and its COMMIT in one round trip, and return
+    the cursor to read the statement from; None when that cannot be done here, and then the
+    caller runs ``execute`` and the transaction commits as usual.
+
+    A round trip costs more than most statements here (the client's and the server's CPU,
+    not only the wait), and each saga step is a transaction of its own. The prepared
+    statement goes out as ``EXECUTE ...; COMMIT``, one simple query. (In psycopg's pipeline
+    mode the same fold cost more CPU than the round trip it saves.)
+
+    Only on PostgreSQL with prepared statements on, in the outermost ``atomic`` block
+    entered from autocommit (never in a caller's transaction or a savepoint), and not while
+    queries are captured or wrapped. The block then ends with nothing left to commit
+    (psycopg skips the COMMIT of a connection with no open transaction) and runs its
+    on-commit callbacks as always. An error (a unique violation) stops the query before its
+    COMMIT: the transaction is left failed and uncommitted, and the block rolls it back. Run
+    nothing after it in the block: that would be a transaction of its own.
+    """
+    db = connections[DEFAULT_DB_ALIAS]
+    if (
+        db.vendor != "postgresql"
+        or not getattr(settings, "L2C_PREPARED_STATEMENTS", True)
+        or len(db.atomic_blocks) != 1
+        or db.savepoint_ids
+        or not db.commit_on_exit
+        or db.needs_rollback
+        or db.queries_logged
+        or db.execute_wrappers
+    ):
+        return None
+    db.validate_no_broken_transaction()
+    name = _prepared(db, sql)
+    cursor = db.connection.cursor()
+    with db.wrap_database_errors:
+        cursor.execute(_execute_sql(name, len(params), commit=True), params)
+    return cursor

@@ -299,6 +299,8 @@ class _Runner:
         self.owner = owner
         self.released = False
         self.finished = False
+        # The last step committed, but the saga row had another owner by then.
+        self.lease_lost = False
         self.instance = instance
         self.definition = registry.get(self.instance.definition, self.instance.version)
         # A first run has no step rows to read; a row written meanwhile by someone else (an
@@ -464,6 +466,8 @@ class _Runner:
                     raise StepTimeout(f"step ran past its {step.timeout:g} s timeout")
                 fault_point(f"{step.name}.before_commit")
                 self._record_completed(step, index, attempt, started, clock, output)
+            if self.lease_lost:
+                raise LeaseLost(str(self.saga_id))
         except IntegrityError as error:
             # Our step row's unique constraint: another runner completed the step first,
             # and this attempt's business writes were rolled back with it.
@@ -616,7 +620,12 @@ class _Runner:
             finish = None
             if not step.remote and index + 1 == len(self.definition.steps):
                 finish = self._completed_fields(now)
-            pk, finished = fastpath.step_insert_completed(
+            # The statement ends a local step's transaction unless the saga row must still
+            # be written in it: its COMMIT then goes out with it (one round trip less). For
+            # the last step that means the step stays committed when the lease turns out to
+            # be lost: its row fences it, and the lease's holder finishes the saga.
+            renew = self._lease_short(index)
+            pk, finished, committed = fastpath.step_insert_completed(
                 saga_id=self.saga_id,
                 name=step.name,
                 index=index,
@@ -633,17 +642,23 @@ class _Runner:
                 else [event],
                 finish=finish,
                 owner=self.owner,
+                commit=not step.remote and not renew,
             )
-            if finish is not None:
-                if not finished:
-                    raise LeaseLost(str(self.saga_id))  # rolls the step back with it
+            if finish is not None and not finished and not committed:
+                raise LeaseLost(str(self.saga_id))  # rolls the step back with it
+            if finish is not None and not finished:
+                # Committed: the block must end normally so that the step's on-commit
+                # callbacks run; _run_local stops the run after it.
+                self.lease_lost = True
+            elif finish is not None:
                 self.released = self.finished = True
                 for name, value in finish.items():
                     setattr(self.instance, name, value)
             self.rows[step.name] = fastpath.step_row(
                 id=pk, saga_id=self.saga_id, name=step.name, index=index, **fields
             )
-            self._renew_lease_if_short(index)
+            if renew:
+                self._renew_lease(index)
             return
         if row is None:
             self.rows[step.name] = SagaStep.objects.create(
@@ -677,15 +692,21 @@ class _Runner:
         self._renew_lease_if_short(index)
 
     def _renew_lease_if_short(self, index: int) -> None:
+        if self._lease_short(index):
+            self._renew_lease(index)
+
+    def _lease_short(self, index: int) -> bool:
         """The step row's unique constraint already fences a runner that lost its lease, so
         the saga row is only touched when the lease would not cover the next step."""
         steps = self.definition.steps
         if index + 1 >= len(steps):
-            return
+            return False
         needed = steps[index + 1].timeout + saga_setting("LEASE_MARGIN_SECONDS")
         expires = self.instance.lease_expires_at
-        if expires is None or (expires - timezone.now()).total_seconds() < needed:
-            self._update_saga(current_step=steps[index + 1].name)
+        return expires is None or (expires - timezone.now()).total_seconds() < needed
+
+    def _renew_lease(self, index: int) -> None:
+        self._update_saga(current_step=self.definition.steps[index + 1].name)
 
     def _after_conflict(self, step: Step) -> tuple[str, _Failure | None]:
         """Our step write lost: someone completed the step, or it was compensated."""

@@ -22,7 +22,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 from django.db.models.base import ModelState
 
-from l2c.db import execute, fetch_instances, returning
+from l2c.db import execute, execute_and_commit, fetch_instances, returning
 from sagas.models import SagaEvent, SagaInstance, SagaStep
 
 _STEP_COLUMNS = (
@@ -76,24 +76,40 @@ def _event_params(saga_id: Any, event: Event | SagaEvent) -> list[Any]:
     ]
 
 
+# One event row with its types spelled out, for VALUES that do not feed an INSERT directly.
+_TYPED_EVENT_ROW = (
+    "(%s::uuid, %s::varchar, %s::varchar, %s::integer, %s::varchar, %s::varchar, %s::text,"
+    " %s::jsonb, %s::timestamptz, {always})"
+)
+
+
 @functools.cache
 def _step_sql(events: int, finish: tuple[str, ...]) -> str:
-    finish_sql, finished = "", "true"
-    if finish:
-        assignments = ", ".join(f"{column} = %s" for column in finish)
-        finish_sql = (
-            f" u AS (UPDATE {SagaInstance._meta.db_table} SET {assignments}"
-            " WHERE id = %s AND lease_owner = %s RETURNING 1),"
-        )
-        finished = "EXISTS (SELECT 1 FROM u)"
-    rows = ", ".join([_EVENT_ROW] * events)
-    return (
+    step = (
         f"WITH s AS (INSERT INTO {SagaStep._meta.db_table} ({_STEP_COLUMNS}) VALUES"
         " (%s, %s, %s, 'COMPLETED', 'NONE', %s, 0, %s::jsonb, '', '', '', '', %s, %s, %s,"
         " NULL, NULL) RETURNING id),"
-        f"{finish_sql}"
-        f" e AS (INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS}) VALUES {rows})"
-        f" SELECT id, {finished} FROM s"
+    )
+    if not finish:
+        rows = ", ".join([_EVENT_ROW] * events)
+        return (
+            f"{step} e AS (INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS})"
+            f" VALUES {rows}) SELECT id, true FROM s"
+        )
+    # The step's own event is written whatever happens to the saga row; the saga's events
+    # (the ones after it) only when the lease still held and the saga row was finished.
+    # One INSERT keeps them in order in the history.
+    assignments = ", ".join(f"{column} = %s" for column in finish)
+    rows = ", ".join(
+        _TYPED_EVENT_ROW.format(always="true" if i == 0 else "false") for i in range(events)
+    )
+    return (
+        f"{step} u AS (UPDATE {SagaInstance._meta.db_table} SET {assignments}"
+        " WHERE id = %s AND lease_owner = %s RETURNING 1),"
+        f" e AS (INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS})"
+        f" SELECT {_EVENT_COLUMNS} FROM (VALUES {rows}) AS v ({_EVENT_COLUMNS}, always)"
+        " WHERE v.always OR EXISTS (SELECT 1 FROM u))"
+        " SELECT id, EXISTS (SELECT 1 FROM u) FROM s"
     )
 
 
@@ -110,11 +126,16 @@ def step_insert_completed(
     events: Sequence[Event],
     finish: dict[str, Any] | None = None,
     owner: str = "",
-) -> tuple[int, bool]:
+    commit: bool = False,
+) -> tuple[int, bool, bool]:
     """Insert a COMPLETED step row and its events in one statement; with ``finish``, also
-    update the saga row with those fields, fenced on the lease ``owner``. Returns the row id
-    and whether the saga row was updated (the caller rolls back when it was not).
-    A second completion of the same step raises IntegrityError (unique saga + name)."""
+    update the saga row with those fields, fenced on the lease ``owner``, and write the
+    events after the first only if it was. Returns the row id, whether the saga row was
+    updated, and whether the transaction was committed. A second completion of the same step
+    raises IntegrityError (unique saga + name). ``commit``: the statement ends the step's
+    transaction, so its COMMIT may go with it (``l2c.db.execute_and_commit``); the step is
+    then committed even when the saga row was not updated, and whoever holds the lease now
+    finds it done."""
     params = [saga_id, name, index, attempts, _dumps(output), started_at, finished_at, duration_ms]
     if finish:
         params.extend(finish.values())
@@ -122,9 +143,11 @@ def step_insert_completed(
         params.append(owner)
     for event in events:
         params.extend(_event_params(saga_id, event))
-    with execute(_step_sql(len(events), tuple(finish or ())), params) as cursor:
+    sql = _step_sql(len(events), tuple(finish or ()))
+    folded = execute_and_commit(sql, params) if commit else None
+    with folded or execute(sql, params) as cursor:
         pk, done = cursor.fetchone()
-        return pk, done
+        return pk, done, folded is not None
 
 
 def saga_finish(

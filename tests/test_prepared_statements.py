@@ -1,8 +1,11 @@
-"""The hot paths' plain statements (``l2c.db.execute``): values bound on the server, the
-statement prepared once per connection, errors and captured queries as Django's."""
+"""The hot paths' plain statements (``l2c.db.execute``): prepared once per connection with
+``PREPARE`` and run as ``EXECUTE`` with the values bound on the client, errors and captured
+queries as Django's; and a transaction's last statement sent with its COMMIT."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -33,10 +36,11 @@ def _run(wrapper, sql: str = SQL, params: tuple[object, ...] = PARAMS) -> Any:
 
 
 def _prepared(wrapper) -> list[str]:
-    """The statements the server holds prepared for this connection (its own view)."""
+    """The statements the server holds prepared for this connection (its own view), as
+    they were given to PREPARE."""
     with wrapper.cursor() as cursor:
-        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE NOT from_sql")
-        return [row[0] for row in cursor.fetchall()]
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0].split(" AS ", 1)[1] for row in cursor.fetchall()]
 
 
 def _ours(wrapper) -> list[str]:
@@ -71,8 +75,9 @@ def test_a_new_connection_prepares_again(wrapper):
     assert len(_ours(wrapper)) == 1
 
 
-def test_a_rolled_back_transaction_leaves_the_statement_usable(wrapper):
-    # psycopg forgets what it prepared at a rollback (and tells the server): it prepares again.
+def test_a_rolled_back_transaction_leaves_the_statement_prepared(wrapper):
+    # PREPARE is session state: a rollback keeps it, and the driver (which prepares nothing
+    # itself) sends no DEALLOCATE ALL after it.
     wrapper.set_autocommit(False)
     try:
         _run(wrapper)
@@ -84,7 +89,7 @@ def test_a_rolled_back_transaction_leaves_the_statement_usable(wrapper):
         wrapper.set_autocommit(True)
 
 
-def test_switched_off_it_binds_on_the_server_without_preparing(wrapper, settings):
+def test_switched_off_it_runs_the_statement_without_preparing(wrapper, settings):
     settings.L2C_PREPARED_STATEMENTS = False
 
     assert _run(wrapper) == (42, "a'b%", True)
@@ -129,3 +134,123 @@ def test_the_engine_runs_its_bookkeeping_prepared():
     assert any("INSERT INTO sagas_sagainstance" in sql for sql in prepared)
     assert any(sql.startswith("UPDATE sagas_sagainstance SET lease_owner") for sql in prepared)
     assert sum("INSERT INTO sagas_sagastep" in sql for sql in prepared) >= 2
+
+
+# --- A transaction's last statement and its COMMIT in one round trip ------------------------
+
+COMMITTED = "CREATE TABLE IF NOT EXISTS committed_once (id integer PRIMARY KEY)"
+
+
+@pytest.fixture
+def table(transactional_db, own_connection):
+    """A table, and another connection to see what is committed."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only")
+    with connection.cursor() as cursor:
+        cursor.execute(COMMITTED)
+    yield own_connection
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE committed_once")
+
+
+def _seen(other) -> list[int]:
+    with other.cursor() as cursor:
+        cursor.execute("SELECT id FROM committed_once ORDER BY id")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_the_last_statement_commits_the_outermost_block_with_it(table):
+    callbacks = []
+    with transaction.atomic():
+        transaction.on_commit(lambda: callbacks.append("after commit"))
+        db.execute("INSERT INTO committed_once (id) VALUES (%s)", [1]).close()
+        cursor = db.execute_and_commit(
+            "INSERT INTO committed_once (id) VALUES (%s) RETURNING id", [2]
+        )
+        assert cursor.fetchone() == (2,)
+        assert _seen(table) == [1, 2]  # committed before the block ends
+        assert callbacks == []  # the block's callbacks still wait for its end
+
+    assert callbacks == ["after commit"]
+    assert connection.get_autocommit()
+
+
+def test_a_failing_last_statement_commits_nothing(table):
+    db.execute("INSERT INTO committed_once (id) VALUES (%s)", [1]).close()
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        db.execute("INSERT INTO committed_once (id) VALUES (%s)", [2]).close()
+        db.execute_and_commit("INSERT INTO committed_once (id) VALUES (%s)", [1])
+
+    assert _seen(table) == [1]
+    assert db.execute("SELECT 1", []).fetchone() == (1,)  # the connection is usable
+
+
+@pytest.mark.parametrize("where", ["savepoint", "nested block", "no block"])
+def test_inside_a_callers_transaction_it_declines(table, where):
+    if where == "no block":
+        assert db.execute_and_commit("SELECT 1", []) is None
+        return
+    with transaction.atomic():
+        with transaction.atomic(savepoint=where == "savepoint"):
+            assert db.execute_and_commit("SELECT 1", []) is None
+        db.execute("INSERT INTO committed_once (id) VALUES (%s)", [1]).close()
+        assert _seen(table) == []
+
+
+def test_a_saga_commits_each_local_step_with_its_bookkeeping(table, monkeypatch):
+    from sagas import fastpath
+    from sagas.engine import saga_run, saga_start
+    from sagas.models import SagaStep
+
+    folded = []
+
+    def counted(sql, params):
+        cursor = db.execute_and_commit(sql, params)
+        folded.append(cursor is not None)
+        return cursor
+
+    monkeypatch.setattr(fastpath, "execute_and_commit", counted)
+    instance = saga_start("test.five_steps", data={}, enqueue=False)
+    saga_run(instance.pk)
+
+    instance.refresh_from_db()
+    assert instance.status == "COMPLETED"
+    assert SagaStep.objects.filter(saga=instance, status="COMPLETED").count() == 5
+    assert folded == [True] * 5
+
+
+FOLDED = (
+    "INSERT INTO committed_once (id) VALUES (%s) RETURNING id, %s::text, %s::jsonb ->> 'a',"
+    " %s::timestamptz, %s::uuid, %s::integer IS NULL"
+)
+
+
+def test_the_folded_statement_is_prepared_once_and_binds_values_as_the_orm_does(table):
+    text = "it's a \\ back'slash, ünïcode and a %s"
+    stamp = datetime(2026, 12, 4, 3, 5, 7, 123456, tzinfo=UTC)
+    key = uuid.uuid4()
+    values = [text, '{"a": "b\'c"}', stamp, key, None]
+
+    # The first block prepares the statement and fails: what it prepared outlives it.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        db.execute("INSERT INTO committed_once (id) VALUES (%s)", [1]).close()
+        db.execute_and_commit(FOLDED, [1, *values])
+    rows = []
+    for pk in (2, 3):
+        with transaction.atomic():
+            rows.append(db.execute_and_commit(FOLDED, [pk, *values]).fetchone())
+
+    assert rows == [(pk, text, "b'c", stamp, key, True) for pk in (2, 3)]
+    assert _seen(table) == [2, 3]
+    assert [sql for sql in _prepared(connection) if "RETURNING id, $2::text" in sql] == [
+        "INSERT INTO committed_once (id) VALUES ($1) RETURNING id, $2::text, $3::jsonb ->> 'a',"
+        " $4::timestamptz, $5::uuid, $6::integer IS NULL"
+    ]
+
+
+def test_with_prepared_statements_off_it_declines(table, settings):
+    settings.L2C_PREPARED_STATEMENTS = False
+
+    with transaction.atomic():
+        assert db.execute_and_commit("SELECT 1", []) is None

@@ -4,7 +4,9 @@ Behaviour is steered by the saga's input data:
 - ``fail``: name of a step that raises a business error;
 - ``transient``: {step: n} fails the first n attempts of that step with a transient error;
 - ``compensation_fails``: step names whose compensation always fails;
-- ``sleep``: {step: seconds} to make a step slow (timeouts).
+- ``sleep``: {step: seconds} to make a step slow (timeouts);
+- ``lose_lease``: a step during which another runner takes the saga over;
+- ``on_commit``: a step that registers an on-commit callback (it appends to ``COMMITTED``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
+from django.db import transaction
 from django.db.models import F
 
 from l2c.errors import DomainError
@@ -25,6 +28,9 @@ FAST_COMPENSATION = Retry(retries=2, delay=0.0)
 class TestBusinessError(DomainError):
     code = "test_business_error"
 
+
+# The steps whose on-commit callback ran, for sagas started with "on_commit".
+COMMITTED: list[str] = []
 
 # The saga row's lease expiry as each step saw it, for sagas started with "watch_lease".
 LEASES_SEEN: list = []
@@ -48,6 +54,9 @@ def _act(ctx: StepContext) -> dict:
         # Another runner takes the saga over while this step runs (its own connection, so
         # the takeover stands whatever this step's transaction does).
         _take_over(ctx.saga_id)
+    if data.get("on_commit") == ctx.step:
+        step = ctx.step
+        transaction.on_commit(lambda: COMMITTED.append(step))
     Counter.objects.filter(name=ctx.step).update(value=F("value") + 1)
     Effect.objects.create(saga_id=ctx.saga_id, step=ctx.step, kind="action", attempt=ctx.attempt)
     return {"done": ctx.step, "attempt": ctx.attempt}

@@ -11,7 +11,6 @@ labelled children looked up once per connection.
 
 from __future__ import annotations
 
-import functools
 import select
 from time import perf_counter
 from typing import Any
@@ -56,13 +55,6 @@ def counting_cursor(cursor_class: type, alias: str, vendor: str) -> type:
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
-    @functools.cached_property
-    def statement_cursor_class(self) -> type:
-        """The cursor of ``l2c.db.execute``'s prepared statements, counted like the ORM's."""
-        from l2c.db import StatementCursor
-
-        return counting_cursor(StatementCursor, self.alias, self.vendor)
-
     def is_usable(self) -> bool:
         """Django asks this before each request and each worker task (CONN_HEALTH_CHECKS),
         and its answer is a ``SELECT 1`` round trip every time.
