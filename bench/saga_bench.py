@@ -12,18 +12,20 @@ What it does, in order:
 
 1. drops and creates the database ``bench_l2c``, migrates it with ``bench.settings`` and seeds
    100k ``acct`` rows with one ``INSERT ... SELECT generate_series``;
-2. runs the floors as subprocesses (``05_plain_psycopg.py``, ``06_django_orm.py``), then the
-   engine: for each process layout (K clusters x W workers) it starts K ``manage.py qcluster``
-   processes, waits until they report in, warms them up, submits N sagas as fast as it can from
-   a few threads (``saga_start`` in autocommit), polls until all N are COMPLETED, then runs
-   no-op tasks through the same clusters (django-q2's own cost); then one paced run on the best
-   layout (submission at a fixed fraction of its rate) for a latency without a backlog, and
-   the A/B variants asked for with ``--variants``;
+2. in each round: runs the floors as subprocesses (``05_plain_psycopg.py``,
+   ``06_django_orm.py``) and DBOS (``03b_dbos_multiproc.py``, from its own virtual
+   environment, created if missing), then the engine: for each process layout (K clusters x
+   W workers) it starts K ``manage.py qcluster`` processes, waits until they report in, warms
+   them up, submits N sagas as fast as it can from a few threads (``saga_start`` in
+   autocommit), polls until all N are COMPLETED, then runs no-op tasks through the same
+   clusters (django-q2's own cost); after the rounds, one paced run on the best layout
+   (submission at a fixed fraction of its rate) for a latency without a backlog, and the A/B
+   variants asked for with ``--variants``;
 3. profiles the engine in-process: statements, transactions and Redis commands per saga and
    per step (``CaptureQueriesContext`` around ``saga_start`` / ``saga_run``), the engine
    against the ORM loop in one thread with no broker, and CPU per part of the engine;
-4. runs DBOS (``03b_dbos_multiproc.py``) from its own virtual environment, created if missing;
-5. prints a summary and the ratios, and writes ``bench/results/<timestamp>.json``.
+4. prints a summary and the ratios (medians over the rounds, and round by round), and writes
+   ``bench/results/<timestamp>.json``.
 
 CPU per saga is sampled from /proc for every process while each measurement runs, by
 component (qcluster, submitter, PostgreSQL, Redis, everything else), so a run on a busy
@@ -1424,6 +1426,24 @@ def aggregate_floors(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def aggregate_dbos(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """DBOS: the median over rounds of rate, latencies and CPU capacity, every round's rate,
+    and the first good round's other figures."""
+    runs = [r["dbos"] for r in rounds if r.get("dbos")]
+    ok = [run for run in runs if "wf_per_s" in run]
+    if not ok:
+        return runs[0] if runs else None
+    return {
+        **ok[0],
+        "wf_per_s": _median([run["wf_per_s"] for run in ok]),
+        "p50_ms": _median([run["p50_ms"] for run in ok]),
+        "p95_ms": _median([run["p95_ms"] for run in ok]),
+        "cpu_capacity_per_s": _median([run.get("cpu_capacity_per_s") for run in ok]),
+        "rounds": [run.get("wf_per_s") for run in runs],
+        "errors": [run["error"] for run in runs if "error" in run],
+    }
+
+
 def aggregate_layouts(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per layout: medians over rounds; the first round's CPU and database figures."""
     by_layout: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -1458,17 +1478,20 @@ def aggregate_layouts(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def round_ratios(results: dict[str, Any]) -> list[float]:
-    """Best layout's rate over the ORM floor's, round by round (same minutes)."""
+def round_ratios(results: dict[str, Any], peer: str = "django_orm") -> list[float]:
+    """Best layout's rate over the ORM floor's (or DBOS's), round by round (same minutes)."""
     best = (results.get("engine") or {}).get("best")
     if not best:
         return []
     ratios_ = []
     for r in results.get("rounds", []):
-        orm = r.get("floors", {}).get("django_orm", {}).get("sagas_per_s")
+        if peer == "dbos":
+            other = (r.get("dbos") or {}).get("wf_per_s")
+        else:
+            other = r.get("floors", {}).get(peer, {}).get("sagas_per_s")
         run = next((x for x in r.get("engine", []) if x["layout"] == best["layout"]), None)
-        if orm and run and run.get("sagas_per_s") and not run.get("contaminated"):
-            ratios_.append(round(run["sagas_per_s"] / orm, 3))
+        if other and run and run.get("sagas_per_s") and not run.get("contaminated"):
+            ratios_.append(round(run["sagas_per_s"] / other, 3))
     return ratios_
 
 
@@ -1529,7 +1552,9 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, Any, str]
                 dbos.get("wf_per_s"),
                 dbos.get("p50_ms"),
                 dbos.get("p95_ms"),
-                dbos.get("error", "in-loop latency, no queue"),
+                "; ".join(dbos.get("errors", []))
+                or dbos.get("error", "in-loop latency, no queue")
+                + (f"; rounds {dbos['rounds']}" if len(dbos.get("rounds", [])) > 1 else ""),
             )
         )
     return rows
@@ -1573,6 +1598,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         out["engine_over_psycopg_floor"] = round(rate / plain, 3)
     if dbos:
         out["engine_over_dbos"] = round(rate / dbos, 2)
+        out["engine_over_dbos_by_round"] = round_ratios(results, "dbos")
         out["target_dbos_4x_met"] = rate >= 4 * dbos
         dbos_capacity = results["dbos"].get("cpu_capacity_per_s")
         if best.get("cpu_capacity_per_s") and dbos_capacity:
@@ -1756,6 +1782,9 @@ def main(argv: list[str] | None = None) -> int:
             current: dict[str, Any] = {}
             if not args.skip_floors:
                 current["floors"] = run_floors(args)
+            if not args.skip_dbos:
+                # In every round, like the floors: its rate moves with the machine too.
+                current["dbos"] = run_dbos(args)
             if not args.skip_engine:
                 current["engine"] = [
                     run_engine_layout(args, env, layout, log_dir, n=args.sagas, noop=number == 1)
@@ -1800,7 +1829,7 @@ def main(argv: list[str] | None = None) -> int:
             drop_database(args, DB_NAME)
         stop_private_redis()
     if not args.skip_dbos:
-        results["dbos"] = run_dbos(args)
+        results["dbos"] = aggregate_dbos(results.get("rounds", []))
     results["ratios"] = ratios(results)
     results["summary"] = [
         dict(zip(("stack", "sagas_per_s", "p50_ms", "p95_ms", "notes"), row, strict=True))
