@@ -13,6 +13,12 @@ class LeaseLost(SagaError):
     """Another runner took the saga over: this one must stop and roll back."""
 
 
+class FirstRunDeclined(SagaError):
+    """A new saga's first step could not take the lease with its commit (the saga is no
+    longer new, or the step failed): nothing of that try was kept, and the saga takes its
+    lease the usual way."""
+
+
 class StepTimeout(SagaError):
     """The step ran past its timeout; counted as a transient failure."""
 

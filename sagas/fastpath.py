@@ -150,6 +150,85 @@ def step_insert_completed(
         return pk, done, folded is not None
 
 
+# --- A new saga's first run ------------------------------------------------------------------
+#
+# A new saga's task carries the row its start wrote (``saga_snapshot``), so its first run needs
+# neither a read nor a lease statement of its own: the first step's bookkeeping statement also
+# takes the lease, on the condition that the saga is still new and nobody holds it. When that
+# condition fails, ``l2c_saga_not_new`` (migration sagas 0005) stops the statement, so neither
+# it nor the COMMIT sent after it takes effect, and the step's writes roll back with it.
+
+
+def saga_snapshot(instance: SagaInstance) -> dict[str, Any]:
+    """The saga row as its start wrote it, for its task."""
+    return {f.attname: instance.__dict__[f.attname] for f in SagaInstance._meta.concrete_fields}
+
+
+def first_run_instance(
+    snapshot: dict[str, Any], *, owner: str, expires_at: datetime, now: datetime
+) -> SagaInstance:
+    """The saga as it is once its first step has committed and taken the lease."""
+    instance = SagaInstance.__new__(SagaInstance)
+    instance.__dict__.update(snapshot)
+    instance.__dict__.update(
+        status=SagaInstance.Status.EXECUTING,
+        lease_owner=owner,
+        lease_expires_at=expires_at,
+        runs=1,
+        updated_at=now,
+    )
+    instance._state = ModelState()
+    instance._state.adding = False
+    instance._state.db = connection.alias
+    return instance
+
+
+@functools.cache
+def _first_step_sql() -> str:
+    return (
+        f"WITH l AS (UPDATE {SagaInstance._meta.db_table} SET lease_owner = %s,"
+        " lease_expires_at = %s, runs = 1, updated_at = %s, status = 'EXECUTING'"
+        " WHERE id = %s AND status = 'STARTED' AND runs = 0 AND lease_expires_at IS NULL"
+        " RETURNING id),"
+        f" s AS (INSERT INTO {SagaStep._meta.db_table} ({_STEP_COLUMNS})"
+        " SELECT l.id, %s, %s, 'COMPLETED', 'NONE', %s, 0, %s::jsonb, '', '', '', '', %s, %s,"
+        " %s, NULL, NULL FROM l RETURNING id),"
+        f" e AS (INSERT INTO {SagaEvent._meta.db_table} ({_EVENT_COLUMNS})"
+        " SELECT l.id, %s, %s, %s, %s, %s, %s, %s::jsonb, %s FROM l)"
+        # Evaluated only when the lease was not taken (a volatile function is never folded).
+        " SELECT (SELECT id FROM s),"
+        " CASE WHEN EXISTS (SELECT 1 FROM l) THEN 0 ELSE l2c_saga_not_new(%s) END"
+    )
+
+
+def first_step_insert_completed(
+    *,
+    saga_id: uuid.UUID,
+    owner: str,
+    expires_at: datetime,
+    now: datetime,
+    name: str,
+    index: int,
+    attempts: int,
+    output: Any,
+    started_at: datetime,
+    finished_at: datetime,
+    duration_ms: int,
+    event: Event,
+) -> tuple[int, bool]:
+    """Take the lease of a new saga and insert its first COMPLETED step row and event, in
+    one statement sent with the step's COMMIT where it can be. Returns the row id and whether
+    the transaction was committed. Raises (a DatabaseError) when the saga is no longer new
+    or its lease is held: nothing is written."""
+    params = [owner, expires_at, now, saga_id, name, index, attempts, _dumps(output)]
+    params += [started_at, finished_at, duration_ms, *_event_params(None, event)[1:], saga_id]
+    sql = _first_step_sql()
+    folded = execute_and_commit(sql, params)
+    with folded or execute(sql, params) as cursor:
+        pk, _ = cursor.fetchone()
+        return pk, folded is not None
+
+
 def saga_finish(
     *,
     saga_id: uuid.UUID,

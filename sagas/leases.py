@@ -95,16 +95,25 @@ def lease_acquire(saga_id: object, owner: str, seconds: float) -> bool:
     return bool(taken)
 
 
-def lease_take(saga_id: object, owner: str, seconds: float) -> SagaInstance | None:
+def lease_gate(saga_id: object, owner: str, seconds: float) -> bool:
+    """Only the Redis gate (True where there is none): for a runner that takes the row lease
+    with its first write instead of before it."""
+    return _redis_gate(saga_id, owner, seconds)
+
+
+def lease_take(
+    saga_id: object, owner: str, seconds: float, *, gate: bool = True
+) -> SagaInstance | None:
     """Take the lease like ``lease_acquire`` and return the saga as it is now (read under
-    the lease), or None. On PostgreSQL both are one statement."""
+    the lease), or None. On PostgreSQL both are one statement. ``gate=False``: the caller
+    already holds the Redis gate."""
     from sagas import fastpath
 
     if not fastpath.enabled():
         if not lease_acquire(saga_id, owner, seconds):
             return None
         return SagaInstance.objects.get(pk=saga_id)
-    if not _redis_gate(saga_id, owner, seconds):
+    if gate and not _redis_gate(saga_id, owner, seconds):
         return None
     now = timezone.now()
     instance = fastpath.lease_take(

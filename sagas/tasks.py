@@ -5,11 +5,11 @@ from __future__ import annotations
 from sagas import deadletters, engine
 
 
-def run_saga(saga_id: str) -> str | None:
+def run_saga(saga_id: str, first: dict | None = None) -> str | None:
     from sagas.outbox import relay_when_done
 
     with relay_when_done():
-        return engine.saga_run(saga_id)
+        return engine.saga_run(saga_id, first=first)
 
 
 def wake_sagas() -> int:

@@ -46,7 +46,7 @@ def redis(settings):
 def enqueued(monkeypatch):
     sent: list[str] = []
     monkeypatch.setattr(
-        "sagas.engine.enqueue_run", lambda saga_id, priority=1: sent.append(str(saga_id))
+        "sagas.engine.enqueue_run", lambda saga_id, priority=1, **_: sent.append(str(saga_id))
     )
     return sent
 

@@ -23,7 +23,7 @@ def enqueued(monkeypatch):
     """What would have gone to the broker, without a worker taking it."""
     sent: list[str] = []
     monkeypatch.setattr(
-        "sagas.engine.enqueue_run", lambda saga_id, priority=1: sent.append(str(saga_id))
+        "sagas.engine.enqueue_run", lambda saga_id, priority=1, **_: sent.append(str(saga_id))
     )
     return sent
 
