@@ -108,8 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--rounds",
         type=int,
-        default=2,
-        help="floors and engine layouts are run this many times, interleaved (default 2)",
+        default=3,
+        help="floors, DBOS and engine layouts are run this many times, interleaved (default 3)",
     )
     ap.add_argument("--submit-threads", type=int, default=4)
     ap.add_argument("--deadline", type=float, default=180.0, help="seconds per engine run")
@@ -599,6 +599,7 @@ def run_peer(
 def run_floors(args: argparse.Namespace) -> dict[str, Any]:
     common = ["--procs", str(args.floor_procs), "--threads", str(args.floor_threads)]
     common += ["--sagas", str(args.floor_sagas)]
+    # The ORM floor last: the engine runs right after it.
     floors = {
         "plain_psycopg": run_peer(sys.executable, "05_plain_psycopg.py", common, args),
         "django_orm": run_peer(sys.executable, "06_django_orm.py", common, args),
@@ -1404,6 +1405,10 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
+def _median_ratio(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
 def aggregate_floors(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Per floor: the median over rounds of rate and latencies, and every round's rate."""
     out: dict[str, Any] = {}
@@ -1572,8 +1577,12 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     if orm:
         out["best_layout"] = best["layout"]
         out["engine_over_orm_floor"] = round(rate / orm, 3)
-        out["engine_over_orm_floor_by_round"] = round_ratios(results)
-        out["target_orm_0.75_met"] = rate >= 0.75 * orm
+        by_round = round_ratios(results)
+        out["engine_over_orm_floor_by_round"] = by_round
+        # Each round's ratio compares runs a minute apart; the median of those pairs is
+        # what the target is judged on (the ratio of the medians mixes minutes).
+        out["engine_over_orm_floor_median_of_rounds"] = _median_ratio(by_round)
+        out["target_orm_0.75_met"] = (_median_ratio(by_round) or rate / orm) >= 0.75
         orm_capacity = results["floors"]["django_orm"].get("cpu_capacity_per_s")
         if best.get("cpu_capacity_per_s") and orm_capacity:
             # Robust to other work on the machine: CPU cost per saga, engine vs floor.
@@ -1598,8 +1607,10 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         out["engine_over_psycopg_floor"] = round(rate / plain, 3)
     if dbos:
         out["engine_over_dbos"] = round(rate / dbos, 2)
-        out["engine_over_dbos_by_round"] = round_ratios(results, "dbos")
-        out["target_dbos_4x_met"] = rate >= 4 * dbos
+        by_round = round_ratios(results, "dbos")
+        out["engine_over_dbos_by_round"] = by_round
+        out["engine_over_dbos_median_of_rounds"] = _median_ratio(by_round)
+        out["target_dbos_4x_met"] = (_median_ratio(by_round) or rate / dbos) >= 4
         dbos_capacity = results["dbos"].get("cpu_capacity_per_s")
         if best.get("cpu_capacity_per_s") and dbos_capacity:
             out["engine_over_dbos_by_cpu_cost"] = round(
@@ -1780,16 +1791,27 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(1, args.rounds + 1):
             log(f"round {number}/{args.rounds}")
             current: dict[str, Any] = {}
+            # The machine's speed drifts from one minute to the next: the ORM floor, the
+            # first layout (the product's default) and DBOS run back to back, so that the
+            # round's ratios compare figures taken in the same minute.
             if not args.skip_floors:
                 current["floors"] = run_floors(args)
+            layouts = [] if args.skip_engine else list(args.layout_list)
+            current["engine"] = []
+            if layouts:
+                current["engine"].append(
+                    run_engine_layout(
+                        args, env, layouts[0], log_dir, n=args.sagas, noop=number == 1
+                    )
+                )
             if not args.skip_dbos:
-                # In every round, like the floors: its rate moves with the machine too.
                 current["dbos"] = run_dbos(args)
-            if not args.skip_engine:
-                current["engine"] = [
-                    run_engine_layout(args, env, layout, log_dir, n=args.sagas, noop=number == 1)
-                    for layout in args.layout_list
-                ]
+            current["engine"] += [
+                run_engine_layout(args, env, layout, log_dir, n=args.sagas, noop=number == 1)
+                for layout in layouts[1:]
+            ]
+            if args.skip_engine:
+                del current["engine"]
             rounds.append(current)
         results["rounds"] = rounds
         results["floors"] = aggregate_floors(rounds)
