@@ -194,7 +194,7 @@ def _definition(saga: Saga | str, version: int | None) -> Saga:
     return registry.get(saga, version) if version else registry.latest(saga)
 
 
-def enqueue_run(saga_id: object, priority: int = 1, *, first: dict | None = None) -> None:
+def enqueue_run(saga_id: object, priority: int = 1, *, first: tuple | None = None) -> None:
     """Hand a saga to the worker pool. Safe to call twice: the lease admits one runner.
     ``first``: the new saga's row (``fastpath.saga_snapshot``), for its first run."""
     from django_q.tasks import async_task
@@ -225,7 +225,7 @@ def _broker(cluster: str | None) -> Any:
 
 
 def saga_run(
-    saga_id: object, *, owner: str | None = None, first: dict | None = None
+    saga_id: object, *, owner: str | None = None, first: tuple | None = None
 ) -> str | None:
     """Run a saga as far as it can go now. Returns its status, or None when another runner
     holds it (a duplicate delivery: nothing to do).
@@ -243,7 +243,7 @@ def saga_run(
         if not lease_gate(saga_id, owner, seconds):
             return None
         gated = True
-        runner = _Runner.first_run(first, owner)
+        runner = _Runner.first_run(saga_id, first, owner)
         if runner is not None:
             try:
                 return _drive(runner)
@@ -337,18 +337,19 @@ def _time_limit(seconds: float) -> Iterator[None]:
 
 class _Runner:
     @classmethod
-    def first_run(cls, snapshot: dict, owner: str) -> _Runner | None:
-        """The runner of a new saga's first run (see saga_run), or None when its definition
-        does not allow one: its first step is remote, or is also its last."""
-        definition = registry.get(snapshot["definition"], snapshot["version"])
-        steps = definition.steps
-        if snapshot["status"] != Status.STARTED or len(steps) < 2 or steps[0].remote:
-            return None
+    def first_run(cls, saga_id: object, snapshot: Any, owner: str) -> _Runner | None:
+        """The runner of a new saga's first run (see saga_run), or None when there is none:
+        the definition's first step is remote or also its last, or ``snapshot`` is not one."""
         now = timezone.now()
-        seconds = cls.lease_seconds_of(definition)
         instance = fastpath.first_run_instance(
-            snapshot, owner=owner, expires_at=now + timedelta(seconds=seconds), now=now
+            saga_id, snapshot, owner=owner, expires_at=now, now=now
         )
+        if instance is None:
+            return None
+        definition = registry.get(instance.definition, instance.version)
+        if len(definition.steps) < 2 or definition.steps[0].remote:
+            return None
+        instance.lease_expires_at = now + timedelta(seconds=cls.lease_seconds_of(definition))
         runner = cls(instance, owner)
         runner.lease_pending = True
         return runner

@@ -159,18 +159,37 @@ def step_insert_completed(
 # it nor the COMMIT sent after it takes effect, and the step's writes roll back with it.
 
 
-def saga_snapshot(instance: SagaInstance) -> dict[str, Any]:
+# What a first run needs of the row, in this order. Plain values: the task is pickled and
+# signed at the start and unpickled twice on its way through the cluster, and UUIDs and
+# datetimes cost several times what strings do there.
+_SNAPSHOT = ("definition", "version", "business_key", "correlation_id", "priority", "context")
+
+
+def saga_snapshot(instance: SagaInstance) -> tuple[Any, ...]:
     """The saga row as its start wrote it, for its task."""
-    return {f.attname: instance.__dict__[f.attname] for f in SagaInstance._meta.concrete_fields}
+    values = tuple(instance.__dict__[name] for name in _SNAPSHOT)
+    return (*values, instance.deadline.isoformat(), instance.created_at.isoformat())
+
+
+@functools.cache
+def _saga_defaults() -> dict[str, Any]:
+    return {f.attname: f.get_default() for f in SagaInstance._meta.concrete_fields}
 
 
 def first_run_instance(
-    snapshot: dict[str, Any], *, owner: str, expires_at: datetime, now: datetime
-) -> SagaInstance:
-    """The saga as it is once its first step has committed and taken the lease."""
+    saga_id: Any, snapshot: tuple[Any, ...], *, owner: str, expires_at: datetime, now: datetime
+) -> SagaInstance | None:
+    """The saga as it is once its first step has committed and taken the lease; None when
+    ``snapshot`` is not one (a task enqueued by another version of this code)."""
+    if not isinstance(snapshot, tuple | list) or len(snapshot) != len(_SNAPSHOT) + 2:
+        return None
     instance = SagaInstance.__new__(SagaInstance)
-    instance.__dict__.update(snapshot)
+    instance.__dict__.update(_saga_defaults())
+    instance.__dict__.update(zip(_SNAPSHOT, snapshot[: len(_SNAPSHOT)], strict=True))
     instance.__dict__.update(
+        id=uuid.UUID(str(saga_id)),
+        deadline=datetime.fromisoformat(snapshot[-2]),
+        created_at=datetime.fromisoformat(snapshot[-1]),
         status=SagaInstance.Status.EXECUTING,
         lease_owner=owner,
         lease_expires_at=expires_at,

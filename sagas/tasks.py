@@ -5,7 +5,7 @@ from __future__ import annotations
 from sagas import deadletters, engine
 
 
-def run_saga(saga_id: str, first: dict | None = None) -> str | None:
+def run_saga(saga_id: str, first: tuple | None = None) -> str | None:
     from sagas.outbox import relay_when_done
 
     with relay_when_done():

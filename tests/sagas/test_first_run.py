@@ -31,7 +31,7 @@ def postgresql_only(db):
     make_counters(*STEPS)
 
 
-def new(**data) -> tuple[SagaInstance, dict]:
+def new(**data) -> tuple[SagaInstance, tuple]:
     instance = saga_start("test.five_steps", data=data, business_key="first", enqueue=False)
     return instance, fastpath.saga_snapshot(instance)
 
@@ -161,3 +161,23 @@ def test_ten_first_runs_at_once_without_the_redis_gate_run_each_step_once(settin
     assert effects(instance) == {(name, "action"): 1 for name in STEPS}
     instance.refresh_from_db()
     assert instance.status == S.COMPLETED
+
+
+def test_a_task_whose_row_is_in_another_shape_runs_the_usual_way():
+    instance, _ = new()
+
+    assert saga_run(instance.pk, first={"status": "STARTED"}) == S.COMPLETED
+    assert effects(instance) == {(name, "action"): 1 for name in STEPS}
+
+
+def test_the_task_carries_the_row_as_plain_values():
+    instance, snapshot = new(order=7)
+
+    assert all(isinstance(v, str | int | dict) for v in snapshot)
+    now = timezone.now()
+    runner_instance = fastpath.first_run_instance(
+        str(instance.pk), snapshot, owner="me", expires_at=now, now=now
+    )
+    for name in ("id", "definition", "version", "business_key", "context", "deadline"):
+        assert getattr(runner_instance, name) == getattr(instance, name), name
+    assert runner_instance.created_at == instance.created_at
