@@ -4,10 +4,13 @@ How a saga runs:
 
 - ``saga_start`` inserts the instance in the caller's transaction and enqueues ``run_saga``
   after commit. A worker takes the lease (``sagas.leases``) and runs the steps one after
-  another in the same process: one broker round trip per saga, not per step.
-- A local step's business writes and its COMPLETED step row commit in one transaction. The
-  row is unique on (saga, step), so a second runner cannot complete the step twice: its
-  insert (or compare-and-set update) fails and its writes roll back.
+  another in the same process: one broker round trip per saga, not per step. A new saga's
+  task carries its row, and its first run takes the row lease with the first step's commit
+  (``saga_run``).
+- A local step's business writes and its COMPLETED step row commit in one transaction (on
+  PostgreSQL the COMMIT goes out with the step row's statement). The row is unique on (saga,
+  step), so a second runner cannot complete the step twice: its insert (or compare-and-set
+  update) fails and its writes roll back.
 - A remote step is marked EXECUTING, called outside any transaction with the idempotency key
   ``<saga id>:<step>``, then marked COMPLETED. Calling it again is safe: the remote side
   dedupes on the key.
