@@ -322,11 +322,14 @@ def _time_limit(seconds: float) -> Iterator[None]:
     def on_alarm(signum: int, frame: Any) -> None:
         raise StepTimeout(f"step ran past its {seconds:g} s timeout")
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
     # There is one alarm per process, and the worker's own task timeout (django-q2 arms it
     # around each task) is on it: take it over for the step, then give back what is left.
-    outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    # Disarmed before the handler changes: an outer alarm falling due in between (one handed
+    # back a moment ago, due at once) would otherwise be taken for this step's timeout.
+    outer, interval = signal.setitimer(signal.ITIMER_REAL, 0)
     armed = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
@@ -456,7 +459,7 @@ class _Runner:
             late = now >= self.instance.deadline
             if self.lease_pending and (index > 0 or row is not None or late):
                 raise FirstRunDeclined(str(self.saga_id))
-            if not forward_only and now >= self.instance.deadline:
+            if not forward_only and late:
                 return self._time_out()
             if row is not None and row.next_attempt_at and row.next_attempt_at > now:
                 return self._sleep_until(row.next_attempt_at)
@@ -540,6 +543,8 @@ class _Runner:
                     raise StepTimeout(f"step ran past its {step.timeout:g} s timeout")
                 fault_point(f"{step.name}.before_commit")
                 self._record_completed(step, index, attempt, started, clock, output)
+            # Committed: only now does the saga row say what a first run assumed from the start.
+            self.lease_pending = False
             if self.lease_lost:
                 raise LeaseLost(str(self.saga_id))
         except IntegrityError as error:
@@ -703,8 +708,6 @@ class _Runner:
                 duration_ms=duration_ms,
                 event=event,
             )
-            # Only now does the saga row say what this runner assumed from the start.
-            self.lease_pending = False
             self.rows[step.name] = fastpath.step_row(
                 id=pk, saga_id=self.saga_id, name=step.name, index=index, **fields
             )
