@@ -694,7 +694,7 @@ class _Runner:
             created_at=now,
         )
         if self.lease_pending:
-            pk, _ = fastpath.first_step_insert_completed(
+            pk = fastpath.first_step_insert_completed(
                 saga_id=self.saga_id,
                 owner=self.owner,
                 expires_at=self.instance.lease_expires_at,

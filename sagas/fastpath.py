@@ -227,18 +227,15 @@ def first_step_insert_completed(
     finished_at: datetime,
     duration_ms: int,
     event: Event,
-) -> tuple[int, bool]:
+) -> int:
     """Take the lease of a new saga and insert its first COMPLETED step row and event, in
-    one statement sent with the step's COMMIT where it can be. Returns the row id and whether
-    the transaction was committed. Raises (a DatabaseError) when the saga is no longer new
-    or its lease is held: nothing is written."""
+    one statement sent with the step's COMMIT where it can be. Returns the row id. Raises (a
+    DatabaseError) when the saga is no longer new or its lease is held: nothing is written."""
     params = [owner, expires_at, now, saga_id, name, index, attempts, _dumps(output)]
     params += [started_at, finished_at, duration_ms, *_event_params(None, event)[1:], saga_id]
     sql = _first_step_sql()
-    folded = execute_and_commit(sql, params)
-    with folded or execute(sql, params) as cursor:
-        pk, _ = cursor.fetchone()
-        return pk, folded is not None
+    with execute_and_commit(sql, params) or execute(sql, params) as cursor:
+        return cursor.fetchone()[0]
 
 
 def saga_finish(

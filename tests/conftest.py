@@ -42,6 +42,23 @@ def _clear_cache():
 
 
 @pytest.fixture
+def folded_commits(monkeypatch) -> list[bool]:
+    """Whether each saga step's bookkeeping statement went out with its COMMIT, in order."""
+    from l2c import db
+    from sagas import fastpath
+
+    folded: list[bool] = []
+
+    def counted(sql, params):
+        cursor = db.execute_and_commit(sql, params)
+        folded.append(cursor is not None)
+        return cursor
+
+    monkeypatch.setattr(fastpath, "execute_and_commit", counted)
+    return folded
+
+
+@pytest.fixture
 def own_connection() -> Iterator[Any]:
     """A database connection of its own: closing or ending it leaves the test's alone."""
     from django.db import connections

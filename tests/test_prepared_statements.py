@@ -198,26 +198,17 @@ def test_inside_a_callers_transaction_it_declines(table, where):
         assert _seen(table) == []
 
 
-def test_a_saga_commits_each_local_step_with_its_bookkeeping(table, monkeypatch):
-    from sagas import fastpath
+def test_a_saga_commits_each_local_step_with_its_bookkeeping(table, folded_commits):
     from sagas.engine import saga_run, saga_start
     from sagas.models import SagaStep
 
-    folded = []
-
-    def counted(sql, params):
-        cursor = db.execute_and_commit(sql, params)
-        folded.append(cursor is not None)
-        return cursor
-
-    monkeypatch.setattr(fastpath, "execute_and_commit", counted)
     instance = saga_start("test.five_steps", data={}, enqueue=False)
     saga_run(instance.pk)
 
     instance.refresh_from_db()
     assert instance.status == "COMPLETED"
     assert SagaStep.objects.filter(saga=instance, status="COMPLETED").count() == 5
-    assert folded == [True] * 5
+    assert folded_commits == [True] * 5
 
 
 FOLDED = (

@@ -65,21 +65,11 @@ def test_the_first_run_takes_the_lease_with_the_first_step_and_reads_nothing():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_first_step_commits_with_its_lease_in_one_round_trip(monkeypatch):
-    from l2c import db
-
-    folded = []
-
-    def counted(sql, params):
-        cursor = db.execute_and_commit(sql, params)
-        folded.append(cursor is not None)
-        return cursor
-
-    monkeypatch.setattr(fastpath, "execute_and_commit", counted)
+def test_the_first_step_commits_with_its_lease_in_one_round_trip(folded_commits):
     saga = first_run(*new())
 
     assert saga.status == S.COMPLETED
-    assert folded == [True] * 5
+    assert folded_commits == [True] * 5
 
 
 def test_a_saga_that_another_runner_holds_is_left_alone_with_nothing_done():
